@@ -1,0 +1,28 @@
+"""sftscope: is this fine-tuning run still learning, or overfitting? Ask its interactions."""
+
+from .decompose import AndOrDecomposition, Interaction, and_or_interactions, mobius_transform, zeta_transform
+from .errors import SftscopeError
+from .extract import extract_interactions, select_players
+from .game import MaskedGame, NaiveEngine, baseline_vector
+from .interactions import InteractionResult, read_metadata
+from .players import Players
+from .prefix import PrefixEngine
+
+__all__ = [
+    "AndOrDecomposition",
+    "Interaction",
+    "InteractionResult",
+    "MaskedGame",
+    "NaiveEngine",
+    "Players",
+    "PrefixEngine",
+    "SftscopeError",
+    "and_or_interactions",
+    "baseline_vector",
+    "extract_interactions",
+    "mobius_transform",
+    "read_metadata",
+    "select_players",
+    "zeta_transform",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,91 @@
+"""The ``sftscope`` command line: commands, options, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import SftscopeError
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from .extract import extract_interactions  # noqa: PLC0415 - keep --help fast
+    from .models import load_model_and_tokenizer  # noqa: PLC0415
+
+    model, tokenizer = load_model_and_tokenizer(
+        args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
+    )
+    result = extract_interactions(
+        model,
+        tokenizer,
+        args.prompt,
+        args.response,
+        n_players=args.players,
+        selection=args.selection,
+        seed=args.seed,
+        allow_fewer=args.allow_fewer,
+        baseline=args.baseline,
+        noise_bound=args.noise_bound,
+        tau=args.tau,
+        engine=args.engine,
+    )
+    if args.out:
+        result.to_parquet(args.out)
+    d = result.decomposition
+    print(f"players ({len(result.players)}): {', '.join(result.players.words)}")
+    print(f"target token: {result.target_token!r}   v(N) = {d.values[-1]:.4f}   v(0) = {d.values[0]:.4f}")
+    print(f"bias {d.bias:.4f}   L1 objective {d.objective:.4f}   matching error {d.matching_error:.2e}")
+    table = result.top_table(args.top)
+    print(f"{len(result.salient())} salient interactions (tau = {args.tau}); top {len(table)}:")
+    print(table.to_string(index=False) if len(table) else "(none)")
+    if args.out:
+        print(f"all effects written to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sftscope", description="AND-OR interactions of LLMs along SFT.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (info level)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("extract", help="interactions of one model on one prompt")
+    ex.add_argument("--model", required=True, help="hub id, local folder, or embedded name (smollm2-135m-instruct)")
+    ex.add_argument("--prompt", required=True)
+    ex.add_argument("--response", required=True, help="reference response; its first token is the target")
+    ex.add_argument("--players", type=int, default=10, help="number of words (default 10)")
+    ex.add_argument("--selection", choices=["ablation", "first", "random"], default="ablation")
+    ex.add_argument("--allow-fewer", action="store_true", help="use all words when fewer than --players")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--baseline", choices=["mean", "pad", "zeros"], default="mean")
+    ex.add_argument("--noise-bound", type=float, default=0.02, help="lambda of the q bound (default 0.02)")
+    ex.add_argument("--tau", type=float, default=0.05, help="salience threshold, relative to the largest effect")
+    ex.add_argument("--engine", choices=["auto", "naive", "prefix"], default="auto")
+    ex.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ex.add_argument("--device", default="cpu")
+    ex.add_argument("--trust-remote-code", action="store_true", help="run model code from the hub (off by default)")
+    ex.add_argument("--top", type=int, default=15, help="rows of the printed table")
+    ex.add_argument("--out", help="write every effect to this Parquet file")
+    ex.set_defaults(func=_extract)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except SftscopeError as exc:
+        if args.debug:
+            raise
+        print(f"sftscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sftscope: interrupted; finished work is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

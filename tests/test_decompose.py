@@ -1,0 +1,177 @@
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import sparse
+from scipy.optimize import linprog
+
+from sftscope import SftscopeError, and_or_interactions, mobius_transform, zeta_transform
+from sftscope.decompose import complement, or_effects_from, reconstruct, reference_sgd_solve, superset_sum
+
+from conftest import planted_game
+
+
+def dense_mobius(values):
+    size = len(values)
+    out = np.zeros(size)
+    for t in range(size):
+        for sub in range(size):
+            if sub & t == sub:
+                out[t] += (-1) ** (bin(t).count("1") - bin(sub).count("1")) * values[sub]
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 3, 6, 8])
+def test_fast_transforms_equal_dense_definitions(n, rng):
+    x = rng.standard_normal(1 << n)
+    np.testing.assert_allclose(mobius_transform(x), dense_mobius(x), atol=1e-9)
+    np.testing.assert_allclose(zeta_transform(mobius_transform(x)), x, atol=1e-9)
+    size = 1 << n
+    dense_sup = np.array([sum(x[s] for s in range(size) if s & t == t) for t in range(size)])
+    np.testing.assert_allclose(superset_sum(x), dense_sup, atol=1e-9)
+    # the OR definition, straight from METHOD.md
+    v_or = rng.standard_normal(size)
+    expected = np.array([
+        -sum((-1) ** (bin(t).count("1") - bin(l).count("1")) * v_or[(size - 1) ^ l]
+             for l in range(size) if l & t == l)
+        for t in range(size)
+    ])
+    expected[0] = v_or[0]
+    np.testing.assert_allclose(or_effects_from(v_or), expected, atol=1e-9)
+    assert np.array_equal(complement(np.arange(size)), (size - 1) ^ np.arange(size))
+
+
+def test_transforms_work_on_batches(rng):
+    x = rng.standard_normal((5, 64))
+    np.testing.assert_allclose(mobius_transform(x), np.stack([dense_mobius(r) for r in x]), atol=1e-9)
+
+
+def lp_optimum(values, noise_bound):
+    """The exact optimum from the paper's (p, q) form with dense matrices, via scipy HiGHS."""
+    size = len(values)
+    mob = np.array([[(-1) ** (bin(t).count("1") - bin(l).count("1")) if l & t == l else 0
+                     for l in range(size)] for t in range(size)], dtype=float)
+    mob_or = -mob[:, ::-1]
+    eps = noise_bound * abs(values[-1] - values[0])
+    # variables: p (free), q (box), a+ a- for AND rows != 0, o+ o- for OR rows != 0  -> equality rows
+    k = size - 1
+    nvar = 2 * size + 4 * k
+    rows, rhs = [], []
+    for t in range(1, size):
+        # AND: mob[t] @ (0.5 v + 0.5 q + p) = a+ - a-
+        row = np.zeros(nvar)
+        row[:size] = mob[t]
+        row[size:2 * size] = 0.5 * mob[t]
+        row[2 * size + (t - 1)] = -1
+        row[2 * size + k + (t - 1)] = 1
+        rows.append(row)
+        rhs.append(-0.5 * mob[t] @ values)
+        row = np.zeros(nvar)
+        row[:size] = -mob_or[t]
+        row[size:2 * size] = 0.5 * mob_or[t]
+        row[2 * size + 2 * k + (t - 1)] = -1
+        row[2 * size + 3 * k + (t - 1)] = 1
+        rows.append(row)
+        rhs.append(-0.5 * mob_or[t] @ values)
+    cost = np.concatenate([np.zeros(2 * size), np.ones(4 * k)])
+    bounds = [(None, None)] * size + [(-eps, eps)] * size + [(0, None)] * (4 * k)
+    res = linprog(cost, A_eq=sparse.csr_matrix(np.array(rows)), b_eq=np.array(rhs), bounds=bounds, method="highs")
+    assert res.status == 0
+    return res.fun
+
+
+@pytest.mark.parametrize("n", [3, 5, 7, 8])
+def test_solver_reaches_the_lp_optimum(n, rng):
+    values = rng.standard_normal(1 << n) * 2
+    result = and_or_interactions(values, noise_bound=0.02)
+    optimum = lp_optimum(values, 0.02)
+    assert result.objective <= optimum * 1.01 + 1e-9
+    assert result.objective >= optimum * (1 - 1e-6) - 1e-9  # cannot beat the optimum of the same problem
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_universal_matching_on_random_games(seed):
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal(1 << 7) * 5
+    result = and_or_interactions(values)
+    fitted = reconstruct(result.and_effects, result.or_effects)
+    assert np.max(np.abs(values + result.q - fitted)) < 1e-9
+    assert result.matching_error < 1e-9
+    eps = 0.02 * abs(values[-1] - values[0])
+    assert np.all(np.abs(result.q) <= eps + 1e-12)
+    # p splits v + q into the AND and OR parts of METHOD.md
+    v_and = 0.5 * (values + result.q) + result.p
+    np.testing.assert_allclose(mobius_transform(v_and), result.and_effects, atol=1e-9)
+
+
+def test_planted_interactions_are_recovered(rng):
+    planted = {("AND", 0b1): 2.0, ("AND", 0b110): -1.5, ("AND", 0b101000): 1.2,
+               ("OR", 0b10010): 1.8, ("OR", 0b11000000): -1.0, ("AND", 0b1110000): 0.9}
+    values = planted_game(8, planted, rng, noise=0.005)
+    result = and_or_interactions(values)
+
+    def key(kind, mask):  # a single-player AND and OR are the same function
+        return ("ANY", mask) if bin(mask).count("1") == 1 else (kind, mask)
+
+    expected = {key(*k): v for k, v in planted.items()}
+    found = {key(i.kind, i.mask): i.effect for i in result.salient(0.1)}
+    assert set(found) == set(expected)
+    # q may absorb up to 2 * eps of an effect: that is what the noise bound is for
+    slack = 2 * 0.02 * abs(values[-1] - values[0]) + 0.03
+    for k, effect in found.items():
+        assert effect == pytest.approx(expected[k], abs=slack)
+
+
+def test_batch_equals_one_by_one(rng):
+    games = rng.standard_normal((3, 64))
+    batch = and_or_interactions(games, workers=2)
+    for game, res in zip(games, batch):
+        single = and_or_interactions(game)
+        assert res.objective == pytest.approx(single.objective, rel=1e-9, abs=1e-9)
+        np.testing.assert_allclose(res.and_effects + 0, single.and_effects, atol=1e-7)
+
+
+def test_same_input_same_result(rng):
+    values = rng.standard_normal(256)
+    a, b = and_or_interactions(values), and_or_interactions(values)
+    assert np.array_equal(a.and_effects, b.and_effects) and np.array_equal(a.or_effects, b.or_effects)
+
+
+def test_reference_sgd_is_feasible_and_not_better_than_lp(rng):
+    values = rng.standard_normal(16)
+    ref = reference_sgd_solve(values, iterations=2000, lr=1e-2)
+    ours = and_or_interactions(values)
+    assert ref.matching_error < 1e-9
+    assert ours.objective <= ref.objective + 1e-9
+
+
+@pytest.mark.parametrize("bad", [np.array([1.0, np.nan, 2.0, 3.0]), np.array([1.0, 2.0, np.inf, 0.0])])
+def test_nan_values_are_rejected(bad):
+    with pytest.raises(SftscopeError, match="NaN/inf"):
+        and_or_interactions(bad)
+
+
+def test_wrong_length_is_rejected():
+    with pytest.raises(SftscopeError, match="2\\*\\*n"):
+        and_or_interactions(np.ones(6))
+
+
+def test_constant_game_has_no_interactions():
+    result = and_or_interactions(np.full(32, 3.0))
+    assert result.salient() == []
+    assert result.bias == pytest.approx(3.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(min_value=1, max_value=6).flatmap(
+    lambda n: st.lists(st.floats(-10, 10), min_size=1 << n, max_size=1 << n)))
+def test_property_matching_bound_and_objective(values):
+    values = np.array(values)
+    result = and_or_interactions(values)
+    assert result.matching_error <= 1e-9 * max(1.0, np.abs(values).max())
+    eps = 0.02 * abs(values[-1] - values[0])
+    assert np.all(np.abs(result.q) <= eps + 1e-12)
+    plain_and = np.abs(mobius_transform(values)[1:]).sum()  # the all-AND split with q = 0 is feasible
+    assert result.objective <= plain_and + 1e-7 * max(1.0, plain_and)

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+from sftscope import MaskedGame, NaiveEngine, PrefixEngine, SftscopeError, baseline_vector, extract_interactions
+from sftscope.game import log_odds
+from sftscope.prefix import floor_tokens
+
+IDS = tuple(range(5, 29))  # 24 tokens
+
+SPAN_LAYOUTS = {
+    "start": ((0, 1), (3, 4), (9, 11)),
+    "middle_adjacent": ((6, 7), (7, 9), (9, 10), (14, 15)),
+    "end": ((10, 11), (20, 22), (23, 24)),
+    "multi_token": ((2, 5), (8, 12), (15, 18), (19, 20), (21, 23)),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(SPAN_LAYOUTS))
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma"])
+def test_prefix_engine_equals_naive(arch, layout, request):
+    model = request.getfixturevalue(arch)
+    game = MaskedGame(IDS, SPAN_LAYOUTS[layout], target_id=7)
+    baseline = baseline_vector(model, None, "mean")
+    naive = NaiveEngine(model, baseline).values(game)
+    prefix_engine = PrefixEngine(model, baseline)
+    shared = prefix_engine.values(game)
+    np.testing.assert_allclose(shared, naive, atol=1e-4)
+    assert prefix_engine.tokens_computed == floor_tokens(game) < len(IDS) << game.n_players
+
+
+def test_prefix_engine_memory_budget_splits_without_changing_values(tiny_llama):
+    game = MaskedGame(IDS, SPAN_LAYOUTS["multi_token"], target_id=3)
+    baseline = baseline_vector(tiny_llama, None, "zeros")
+    free = PrefixEngine(tiny_llama, baseline).values(game)
+    tight = PrefixEngine(tiny_llama, baseline, max_memory_bytes=1)
+    np.testing.assert_allclose(tight.values(game), free, atol=1e-5)
+    assert tight._max == 2
+
+
+def test_prefix_engine_bfloat16(tiny_llama):
+    import copy
+
+    model = copy.deepcopy(tiny_llama).to(torch.bfloat16)
+    game = MaskedGame(IDS, SPAN_LAYOUTS["start"], target_id=9)
+    baseline = baseline_vector(model, None, "mean")
+    np.testing.assert_allclose(
+        PrefixEngine(model, baseline).values(game), NaiveEngine(model, baseline).values(game), atol=0.1
+    )
+
+
+def test_naive_engine_masks_the_right_tokens(tiny_llama):
+    game = MaskedGame(IDS, ((2, 4), (10, 11)), target_id=4)
+    baseline = baseline_vector(tiny_llama, None, "zeros")
+    values = NaiveEngine(tiny_llama, baseline, max_batch_tokens=30).values(game)
+    with torch.no_grad():
+        embeds = tiny_llama.get_input_embeddings()(torch.tensor([IDS]))
+        embeds[0, 2:4] = 0.0  # player 0 absent, player 1 present -> mask 0b10
+        logits = tiny_llama(inputs_embeds=embeds).logits[0, -1]
+    assert values[0b10] == pytest.approx(float(log_odds(logits, 4)), abs=1e-5)
+
+
+def test_log_odds_is_stable_and_correct():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 300.0]])
+    p = torch.softmax(logits.double(), -1)[0, 1]
+    assert float(log_odds(logits, 1)) == pytest.approx(float(torch.log(p) - torch.log1p(-p)), rel=1e-4)
+    assert np.isfinite(float(log_odds(logits, 3)))
+
+
+def test_bad_spans_are_rejected():
+    with pytest.raises(SftscopeError, match="sorted"):
+        MaskedGame(IDS, ((3, 5), (4, 6)), 1)
+    with pytest.raises(SftscopeError, match="sorted"):
+        MaskedGame(IDS, ((20, 30),), 1)
+
+
+def test_nan_outputs_are_named(tiny_llama, word_tokenizer):
+    class NanModel(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def get_input_embeddings(self):
+            return self.inner.get_input_embeddings()
+
+        def forward(self, **kw):
+            out = self.inner(**kw)
+            out.logits = out.logits * float("nan")
+            return out
+
+    with pytest.raises(SftscopeError, match="NaN/inf.*sample 7"):
+        extract_interactions(
+            NanModel(tiny_llama), word_tokenizer, "my flight got cancelled again", "anger",
+            n_players=3, selection="first", engine="naive", context="sample 7, step 0",
+        )
