@@ -5,14 +5,15 @@
 
 For each setting prints: tokens computed by each engine, the floor (what any
 exact prefix sharing must compute), wall-time ratio, peak memory of each engine
-(CUDA: max allocated; CPU: growth of the process's peak RSS), and the largest
+(CUDA: max allocated; CPU: peak growth of the resident set, sampled every 5 ms), and the largest
 difference between the two engines' values.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import os
+import threading
 import time
 
 import numpy as np
@@ -33,23 +34,43 @@ SAMPLES = [
 ]
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class RssPeak:
+    """Samples the resident set every 5 ms: peak growth over the starting RSS."""
+
+    def __enter__(self):
+        self.start = self.peak = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_mb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.growth = self.peak - self.start
 
 
 def run(engine, game, device) -> tuple[np.ndarray, float, float]:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    before = peak_rss_mb()
-    t0 = time.perf_counter()
-    values = engine.values(game)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = peak_rss_mb() - before
-    return values, time.perf_counter() - t0, peak
+    with RssPeak() as rss:
+        t0 = time.perf_counter()
+        values = engine.values(game)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else rss.growth
+    return values, elapsed, peak
 
 
 def main() -> None:
@@ -75,7 +96,7 @@ def main() -> None:
                 rendered = tokenize_prompt(tokenizer, prompt)
                 game = MaskedGame(tuple(rendered.input_ids), players.token_spans, target_token(tokenizer, response))
                 prefix, naive = PrefixEngine(model, baseline), NaiveEngine(model, baseline)
-                vp, tp, mp = run(prefix, game, args.device)  # prefix first: RSS peak growth is monotone
+                vp, tp, mp = run(prefix, game, args.device)
                 vn, tn, mn = run(naive, game, args.device)
                 tot["tn"] += tn
                 tot["tp"] += tp

@@ -144,7 +144,7 @@ def choose_players(
         if not allow_fewer:
             raise SftscopeError(
                 f"prompt has {len(pool)} usable words, fewer than the {n_players} players asked "
-                "(use fewer players or allow_fewer)"
+                "(ask for fewer, or allow fewer: --allow-fewer)"
             )
         n_players = len(pool)
     if selection == "first":

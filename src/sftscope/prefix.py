@@ -16,8 +16,10 @@ does not run out of memory; the chosen group size is logged at debug level.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import os
 
 import numpy as np
 import torch
@@ -57,6 +59,23 @@ def _bytes_per_cached_token(model, dtype: torch.dtype) -> int:
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return 2 * layers * heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+@contextlib.contextmanager
+def _native_gqa(device: torch.device):
+    """On CPU, let SDPA broadcast grouped KV heads instead of copying the whole cache.
+
+    transformers only does so without a mask; our cached blocks need one. The
+    switch is transformers' own environment flag, set for our calls only.
+    """
+    if device.type != "cpu" or "TRANSFORMERS_SDPA_FORCE_GQA" in os.environ:
+        yield
+        return
+    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA", None)
 
 
 class PrefixEngine:
@@ -102,11 +121,12 @@ class PrefixEngine:
         out = np.full(1 << game.n_players, np.nan)
         cache = None
         start, end = blocks[0]
-        if end > start:
-            result = self.model(inputs_embeds=embeds[None, start:end], use_cache=True, logits_to_keep=1)
-            cache = result.past_key_values
-            self.tokens_computed += end - start
-        self._walk(game, embeds, baseline, blocks, cache, np.zeros(1, dtype=np.int64), 0, out)
+        with _native_gqa(device):
+            if end > start:
+                result = self.model(inputs_embeds=embeds[None, start:end], use_cache=True, logits_to_keep=1)
+                cache = result.past_key_values
+                self.tokens_computed += end - start
+            self._walk(game, embeds, baseline, blocks, cache, np.zeros(1, dtype=np.int64), 0, out)
         values = check_finite(out)
         return values if masks is None else values[np.asarray(masks)]
 
