@@ -332,7 +332,7 @@ def reference_sgd_solve(
 
     v = torch.as_tensor(np.asarray(values, dtype=np.float64))
     size = v.numel()
-    n = _num_players(size)
+    _num_players(size)
     masks = torch.arange(size)
     subset = (masks[None, :] & masks[:, None]) == masks[None, :]  # [T, L]: L subset of T
     sign = (-1.0) ** (popcount(size)[:, None] - popcount(size)[None, :])
@@ -353,7 +353,6 @@ def reference_sgd_solve(
         opt.step()
         with torch.no_grad():
             q.clamp_(-eps, eps)
-    del n
     with torch.no_grad():
         qa = q.numpy().copy()
         v_and = 0.5 * (v.numpy() + qa) + p.numpy()

@@ -19,16 +19,35 @@ log = logging.getLogger(__name__)
 EngineName = Literal["auto", "naive", "prefix"]
 
 
-def make_engine(model, baseline: torch.Tensor, engine: EngineName = "auto", **options) -> GameEngine:
+def make_engine(
+    model,
+    baseline: torch.Tensor,
+    engine: EngineName = "auto",
+    *,
+    max_batch_tokens: int = 16_384,
+    max_memory_bytes: int = 2 << 30,
+) -> GameEngine:
     """The prefix-shared engine where the model supports a KV cache, else the naive one."""
-    if engine == "naive":
-        return NaiveEngine(model, baseline, **{k: v for k, v in options.items() if k == "max_batch_tokens"})
     from .prefix import PrefixEngine, supports_prefix_sharing  # noqa: PLC0415
 
-    if engine == "prefix" or supports_prefix_sharing(model):
-        return PrefixEngine(model, baseline, **options)
-    log.warning("model %s has no usable KV cache: using the naive engine", type(model).__name__)
-    return NaiveEngine(model, baseline, **{k: v for k, v in options.items() if k == "max_batch_tokens"})
+    if engine == "prefix" or (engine == "auto" and supports_prefix_sharing(model)):
+        return PrefixEngine(model, baseline, max_memory_bytes=max_memory_bytes)
+    if engine == "auto":
+        log.warning("model %s has no usable KV cache: using the naive engine", type(model).__name__)
+    return NaiveEngine(model, baseline, max_batch_tokens=max_batch_tokens)
+
+
+def _choose(model, rendered, target: int, base_vec: torch.Tensor, n_players: int, **options) -> Players:
+    def ablation_scores(words) -> np.ndarray:
+        # v(N) and v(N without i) for every candidate word: one batch.
+        spans = tuple(w.token_span for w in words)
+        game = MaskedGame(tuple(rendered.input_ids), spans, target)
+        full = (1 << len(spans)) - 1
+        masks = np.array([full] + [full ^ (1 << i) for i in range(len(spans))])
+        values = NaiveEngine(model, base_vec).values(game, masks)
+        return np.abs(values[0] - values[1:])
+
+    return choose_players(rendered, n_players, ablation_scores=ablation_scores, **options)
 
 
 def select_players(
@@ -46,20 +65,9 @@ def select_players(
 ) -> Players:
     """Choose the players of a prompt (on the pre-SFT model, then frozen)."""
     rendered = tokenize_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
-    target = target_token(tokenizer, response)
-    base_vec = baseline_vector(model, tokenizer, baseline)
-
-    def ablation_scores(words) -> np.ndarray:
-        # v(N) and v(N without i) for every candidate word: one batch.
-        spans = tuple(w.token_span for w in words)
-        game = MaskedGame(tuple(rendered.input_ids), spans, target)
-        full = (1 << len(spans)) - 1
-        masks = np.array([full] + [full ^ (1 << i) for i in range(len(spans))])
-        values = NaiveEngine(model, base_vec).values(game, masks)
-        return np.abs(values[0] - values[1:])
-
-    return choose_players(
-        rendered, n_players, selection=selection, seed=seed, allow_fewer=allow_fewer, ablation_scores=ablation_scores
+    return _choose(
+        model, rendered, target_token(tokenizer, response), baseline_vector(model, tokenizer, baseline),
+        n_players, selection=selection, seed=seed, allow_fewer=allow_fewer,
     )
 
 
@@ -80,6 +88,7 @@ def extract_interactions(
     engine: EngineName = "auto",
     use_chat_template: bool | None = None,
     max_batch_tokens: int = 16_384,
+    max_memory_bytes: int = 2 << 30,
     context: str = "",
 ) -> InteractionResult:
     """Exact AND-OR interactions of ``model`` on one prompt.
@@ -89,15 +98,14 @@ def extract_interactions(
     """
     rendered = tokenize_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
     target = target_token(tokenizer, response)
+    base_vec = baseline_vector(model, tokenizer, baseline)
     if players is None:
-        players = select_players(
-            model, tokenizer, prompt, response, n_players, selection=selection, seed=seed,
-            allow_fewer=allow_fewer, baseline=baseline, use_chat_template=use_chat_template,
+        players = _choose(
+            model, rendered, target, base_vec, n_players, selection=selection, seed=seed, allow_fewer=allow_fewer
         )
     spans = _spans_in(rendered, players)
     game = MaskedGame(tuple(rendered.input_ids), spans, target)
-    base_vec = baseline_vector(model, tokenizer, baseline)
-    runner = make_engine(model, base_vec, engine, max_batch_tokens=max_batch_tokens)
+    runner = make_engine(model, base_vec, engine, max_batch_tokens=max_batch_tokens, max_memory_bytes=max_memory_bytes)
     try:
         values = check_finite(runner.values(game), context)
     except SftscopeError as exc:

@@ -87,14 +87,12 @@ class PrefixEngine:
         baseline: torch.Tensor,
         *,
         max_memory_bytes: int = 2 << 30,
-        max_batch_tokens: int | None = None,
     ) -> None:
         if not supports_prefix_sharing(model):
             raise SftscopeError(f"{type(model).__name__} has no key/value cache to share; use engine='naive'")
         self.model = model
         self.baseline = baseline
         self.max_memory_bytes = max_memory_bytes
-        self.max_batch_tokens = max_batch_tokens  # accepted for interface parity; memory rules here
         self.tokens_computed = 0
 
     def _max_rows(self, total_len: int, block_len: int, dtype: torch.dtype) -> int:
