@@ -10,7 +10,7 @@ import torch
 
 from .decompose import and_or_interactions
 from .errors import SftscopeError
-from .game import BaselineKind, GameEngine, MaskedGame, NaiveEngine, baseline_vector, check_finite
+from .game import BaselineKind, GameEngine, MaskedGame, NaiveEngine, baseline_vector
 from .interactions import InteractionResult
 from .players import Players, Selection, choose_players, target_token, tokenize_prompt
 
@@ -107,7 +107,7 @@ def extract_interactions(
     game = MaskedGame(tuple(rendered.input_ids), spans, target)
     runner = make_engine(model, base_vec, engine, max_batch_tokens=max_batch_tokens, max_memory_bytes=max_memory_bytes)
     try:
-        values = check_finite(runner.values(game), context)
+        values = runner.values(game)  # engines reject NaN/inf; we add where it happened
     except SftscopeError as exc:
         raise SftscopeError(f"{exc} ({context})" if context and context not in str(exc) else str(exc)) from exc
     decomposition = and_or_interactions(values, noise_bound=noise_bound)

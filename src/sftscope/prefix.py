@@ -53,8 +53,14 @@ def _blocks(game: MaskedGame) -> list[tuple[int, int]]:
     return [(0, starts[0])] + list(zip(starts, ends))
 
 
+def _text_config(model):
+    """The decoder's config (multimodal models nest it)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def _bytes_per_cached_token(model, dtype: torch.dtype) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = _text_config(model)
     layers = config.num_hidden_layers
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -96,7 +102,7 @@ class PrefixEngine:
         self.tokens_computed = 0
 
     def _max_rows(self, total_len: int, block_len: int, dtype: torch.dtype) -> int:
-        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        config = _text_config(self.model)
         width = config.hidden_size
         per_row = total_len * _bytes_per_cached_token(self.model, dtype)
         # activations of one block: a few hidden-size and MLP-size tensors per token, plus last-token logits
@@ -107,6 +113,7 @@ class PrefixEngine:
 
     @torch.no_grad()
     def values(self, game: MaskedGame, masks: np.ndarray | None = None) -> np.ndarray:
+        """All ``2^n`` values are computed (the trie is walked whole); ``masks`` selects from them."""
         if game.n_players == 0:
             raise SftscopeError("a game needs at least one player")
         embed = self.model.get_input_embeddings()
