@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 
 import numpy as np
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from .errors import SftscopeError
 from .game import MaskedGame, check_finite, log_odds
@@ -97,6 +99,8 @@ class PrefixEngine:
         if not supports_prefix_sharing(model):
             raise SftscopeError(f"{type(model).__name__} has no key/value cache to share; use engine='naive'")
         self.model = model
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+        self._decoder = decoder if decoder is not None else model
         self.baseline = baseline
         self.max_memory_bytes = max_memory_bytes
         self.tokens_computed = 0
@@ -128,24 +132,26 @@ class PrefixEngine:
         start, end = blocks[0]
         with _native_gqa(device):
             if end > start:
-                result = self.model(inputs_embeds=embeds[None, start:end], use_cache=True, logits_to_keep=1)
+                result = self._decoder(inputs_embeds=embeds[None, start:end], use_cache=True)
                 cache = result.past_key_values
                 self.tokens_computed += end - start
-            self._walk(game, embeds, baseline, blocks, cache, np.zeros(1, dtype=np.int64), 0, out)
+            self._walk(
+                game, embeds, baseline, blocks, cache, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), 0, out
+            )
         values = check_finite(out)
         return values if masks is None else values[np.asarray(masks)]
 
-    def _walk(self, game, embeds, baseline, blocks, cache, prefixes, level, out) -> None:
-        """Extend every prefix by player ``level`` absent/present, then recurse."""
+    def _walk(self, game, embeds, baseline, blocks, cache, rows_of_cache, prefixes, level, out) -> None:
+        """Extend every prefix by player ``level`` absent/present, then recurse.
+
+        ``rows_of_cache`` says which batch rows of ``cache`` the ``prefixes`` are;
+        nothing is copied until the forward pass gathers exactly those rows.
+        """
         rows = 2 * len(prefixes)
         if rows > self._max and len(prefixes) > 1:
             half = len(prefixes) // 2
-            for part in (np.arange(half), np.arange(half, len(prefixes))):
-                sub = None
-                if cache is not None:
-                    sub = copy.deepcopy(cache) if part[0] == 0 else cache
-                    sub.batch_select_indices(torch.as_tensor(part, device=embeds.device))
-                self._walk(game, embeds, baseline, blocks, sub, prefixes[part], level, out)
+            for part in (slice(0, half), slice(half, None)):
+                self._walk(game, embeds, baseline, blocks, cache, rows_of_cache[part], prefixes[part], level, out)
             return
         start, end = blocks[level + 1]
         p_start, p_end = game.spans[level]
@@ -153,11 +159,56 @@ class PrefixEngine:
         masks[1::2] |= 1 << level
         block = embeds[start:end].unsqueeze(0).repeat(rows, 1, 1)
         block[0::2, : p_end - p_start] = baseline  # even rows: player absent
-        if cache is not None:
-            cache.batch_repeat_interleave(2)
-        result = self.model(inputs_embeds=block, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        branch = None
+        if cache is not None:  # one gather per layer: the rows we need, each twice
+            branch = _branch(cache, int(rows_of_cache[0]), len(rows_of_cache))
+        last = level == game.n_players - 1
+        # Intermediate levels only need the cache: skip the language-model head there.
+        runner = self.model if last else self._decoder
+        result = runner(
+            inputs_embeds=block, past_key_values=branch, use_cache=True, **({"logits_to_keep": 1} if last else {})
+        )
         self.tokens_computed += rows * (end - start)
-        if level == game.n_players - 1:
+        if last:
             out[masks] = log_odds(result.logits[:, -1], game.target_id).double().cpu().numpy()
             return
-        self._walk(game, embeds, baseline, blocks, result.past_key_values, masks, level + 1, out)
+        self._walk(game, embeds, baseline, blocks, result.past_key_values, np.arange(rows), masks, level + 1, out)
+
+
+def _branch(cache, first: int, count: int):
+    """A cache for rows ``first .. first + count`` of ``cache``, each row twice (absent, present).
+
+    ``cache`` itself is untouched. Plain dynamic layers get a fused update that
+    writes the doubled prefix and the new block into one buffer (one copy
+    instead of repeat + concatenate); other layer kinds use their own update.
+    """
+    branch = copy.copy(cache)
+    branch.layers = [copy.copy(layer) for layer in cache.layers]
+    rows = torch.arange(first, first + count).repeat_interleave(2)
+    for layer in branch.layers:
+        if getattr(layer, "keys", None) is None or not layer.keys.numel():
+            continue
+        if type(layer) is DynamicLayer:
+            layer.update = functools.partial(
+                _doubled_update, layer, layer.keys[first : first + count], layer.values[first : first + count]
+            )
+        else:
+            layer.keys = layer.keys.index_select(0, rows.to(layer.keys.device))
+            layer.values = layer.values.index_select(0, rows.to(layer.values.device))
+    return branch
+
+
+def _doubled_update(layer, prefix_keys, prefix_values, key_states, value_states, *args, **kwargs):
+    """``DynamicLayer.update`` for a prefix whose rows are each repeated twice."""
+    del layer.update  # later blocks use the class's own update
+    layer.keys = _doubled_concat(prefix_keys, key_states)
+    layer.values = _doubled_concat(prefix_values, value_states)
+    return layer.keys, layer.values
+
+
+def _doubled_concat(prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    rows, heads, length, dim = new.shape
+    out = torch.empty(rows, heads, prefix.shape[2] + length, dim, dtype=new.dtype, device=new.device)
+    out.view(rows // 2, 2, heads, -1, dim)[:, :, :, : prefix.shape[2]] = prefix.unsqueeze(1)
+    out[:, :, prefix.shape[2] :] = new
+    return out
