@@ -44,6 +44,20 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, load_config, read_losses, train  # noqa: PLC0415
+
+    config = load_config(args.config) if args.config else TrainConfig()
+    if args.output_dir:
+        config.output_dir = args.output_dir
+    run = train(config)
+    print(f"run folder: {run}")
+    print("step  train_loss  test_loss")
+    for row in read_losses(run):
+        print(f"{row['step']:4d}  {row.get('train_loss', float('nan')):10.4f}  {row.get('test_loss', float('nan')):9.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftscope", description="AND-OR interactions of LLMs along SFT.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -68,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--top", type=int, default=15, help="rows of the printed table")
     ex.add_argument("--out", help="write every effect to this Parquet file")
     ex.set_defaults(func=_extract)
+
+    tr = sub.add_parser("train", help="LoRA SFT with checkpoints dense early (TRL + PEFT)")
+    tr.add_argument("config", nargs="?", help="YAML config (defaults: SmolLM2-135M on the shipped emotions data)")
+    tr.add_argument("--output-dir", help="run folder (overrides the config's output_dir)")
+    tr.set_defaults(func=_train)
     return parser
 
 

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+
+from sftscope import SftscopeError
+from sftscope.train import (
+    TrainConfig, build_trainer, checkpoint_dirs, checkpoint_steps, config_from_dict, load_checkpoint,
+    load_config, read_losses, train,
+)
+
+
+def test_checkpoint_schedule():
+    assert checkpoint_steps(50, 16) == [0, 1, 2, 4, 8, 16, 32, 48, 50]
+    assert checkpoint_steps(6, 4) == [0, 1, 2, 4, 6]
+    assert checkpoint_steps(3, 16) == [0, 1, 2, 3]
+    with pytest.raises(SftscopeError):
+        checkpoint_steps(0, 4)
+
+
+def test_config_validation(tmp_path):
+    cfg = config_from_dict({"learning_rate": 1e-4, "lora": {"r": 4}, "data": {"train": "x.jsonl"}})
+    assert cfg.lora.r == 4 and cfg.data.train == "x.jsonl" and cfg.learning_rate == 1e-4
+    with pytest.raises(SftscopeError, match="unknown key 'lr'"):
+        config_from_dict({"lr": 1})
+    with pytest.raises(SftscopeError, match="config.lora.r: expected int, got str"):
+        config_from_dict({"lora": {"r": "sixteen"}})
+    with pytest.raises(SftscopeError, match="config.lora: unknown key 'rank'"):
+        config_from_dict({"lora": {"rank": 4}})
+    bad = tmp_path / "c.yaml"
+    bad.write_text("model: [unclosed\n", encoding="utf-8")
+    with pytest.raises(SftscopeError, match="malformed YAML"):
+        load_config(bad)
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    rows = [{"prompt": f"classify emotion : we won the game {w}", "completion": "joy"} for w in ("today", "so", "very")]
+    rows += [{"prompt": f"classify emotion : my flight got cancelled {w}", "completion": "anger"} for w in ("again", "today", "so")]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def tiny_config(tmp_path, data, **kw):
+    raw = {"output_dir": str(tmp_path / "run"), "data": {"train": str(data), "test_ratio": 0.34, "seed": 0},
+           "batch_size": 2, "max_steps": 6, "checkpoint_every": 4, "learning_rate": 1e-2, "max_length": 64,
+           "lora": {"r": 2, "alpha": 4}}
+    raw.update(kw)
+    return config_from_dict(raw)
+
+
+def test_loss_only_on_response_tokens(tmp_path, tiny_data, tiny_llama, word_tokenizer):
+    import copy
+
+    trainer, _ = build_trainer(tiny_config(tmp_path, tiny_data), model=copy.deepcopy(tiny_llama), tokenizer=word_tokenizer)
+    features = [trainer.train_dataset[i] for i in range(2)]
+    batch = trainer.data_collator(features)
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        trained = [int(t) for t, lab in zip(ids, labels) if lab != -100]
+        text = word_tokenizer.decode(trained)
+        assert text.split()[0] in ("joy", "anger") and "classify" not in text and "<user>" not in text
+
+
+def test_tiny_run_makes_exactly_the_scheduled_checkpoints(tmp_path, tiny_data, tiny_llama, word_tokenizer):
+    import copy
+
+    base = copy.deepcopy(tiny_llama)
+    run = train(tiny_config(tmp_path, tiny_data), model=copy.deepcopy(tiny_llama), tokenizer=word_tokenizer)
+    assert sorted(checkpoint_dirs(run)) == [0, 1, 2, 4, 6]
+    for folder in checkpoint_dirs(run).values():
+        names = {p.name for p in folder.iterdir()}
+        assert "adapter_model.safetensors" in names and not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
+    losses = read_losses(run)
+    assert [r["step"] for r in losses] == [0, 1, 2, 4, 6]
+    assert all("train_loss" in r and "test_loss" in r for r in losses)
+    assert losses[-1]["train_loss"] < losses[0]["train_loss"]
+    # step 0 is the untouched model; the last checkpoint changes the outputs
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        ref = base(ids).logits
+        same = load_checkpoint(base, checkpoint_dirs(run)[0])(ids).logits
+        moved = load_checkpoint(base, checkpoint_dirs(run)[6])(ids).logits
+    assert torch.allclose(ref, same, atol=1e-6)
+    assert not torch.allclose(ref, moved, atol=1e-3)
+    assert torch.allclose(base(ids).logits, ref)  # base untouched

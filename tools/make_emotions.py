@@ -1,0 +1,93 @@
+"""Writes the embedded emotion data set (src/sftscope/datasets/emotions_*.jsonl).
+
+Short first-person comments, each with one of five emotions, composed from
+hand-written events, people and endings, seeded so the files are reproducible:
+
+    python tools/make_emotions.py
+"""
+
+import json
+import random
+from pathlib import Path
+
+PROMPT = "Classify the emotion of this comment: {text}"
+
+EVENTS = {
+    "joy": [
+        "we finally won the championship game", "my sister gave birth to a healthy baby girl",
+        "I passed my driving test on the first try", "our team got the big contract",
+        "the concert last night was the best of my life", "my best friend is coming home for the holidays",
+        "I got the job I have wanted for years", "the garden is blooming after all that work",
+        "grandma loved the cake we baked for her", "we adopted a puppy this morning",
+        "my paper was accepted at the conference", "the kids laughed all through the picnic",
+    ],
+    "sadness": [
+        "my old dog passed away this morning", "I miss my father more every day",
+        "nobody came to my birthday party", "we had to close the shop after twenty years",
+        "my best friend moved across the ocean", "the letter said they will not renew my contract",
+        "I lost the ring my mother gave me", "the house feels so empty since she left",
+        "our team lost the final in the last minute", "I spent the whole weekend alone again",
+        "the doctor said grandpa will not recover", "my plants all died while I was away",
+    ],
+    "anger": [
+        "my flight got cancelled again without any notice", "the landlord kept our deposit for no reason",
+        "someone scratched my car and drove off", "the bank charged me twice for the same thing",
+        "my coworker took credit for my project", "the repair man never showed up after three calls",
+        "they sold my personal data to advertisers", "the neighbours played loud music until four",
+        "customer service hung up on me twice", "the referee ignored a clear foul",
+        "the company raised prices and cut the service", "he lied to my face about the money",
+    ],
+    "fear": [
+        "I heard footsteps in the empty house last night", "the doctor called about my test results",
+        "the storm is getting closer and the power is out", "my child did not come home after school",
+        "there was a strange man following me to the station", "the plane shook hard during the landing",
+        "I have to speak in front of a thousand people tomorrow", "the brakes failed on the mountain road",
+        "the river is rising toward our street", "I found a letter threatening my family",
+        "the lump is still there after two weeks", "the smoke alarm went off in the middle of the night",
+    ],
+    "surprise": [
+        "my quiet neighbour turned out to be a famous singer", "the package contained a ticket to Japan",
+        "my old teacher recognised me after thirty years", "it snowed in the middle of July",
+        "the shy intern won the national chess title", "my parents announced they are moving to a boat",
+        "the test I thought I failed came back with full marks", "a stranger paid for all our groceries",
+        "the old painting in the attic is worth a fortune", "my brother showed up at my door unannounced",
+        "the tiny cafe beat every big restaurant in the review", "the cat opened the fridge by itself",
+    ],
+}
+OPENERS = {
+    "joy": ["Honestly,", "Best day ever:", "Still smiling because", "I can hardly believe it,", "Yes!"],
+    "sadness": ["Honestly,", "It hurts that", "I keep thinking that", "Quiet evening,", "Sigh,"],
+    "anger": ["Honestly,", "Unbelievable:", "I am done,", "Again?", "Seriously,"],
+    "fear": ["Honestly,", "I am shaking,", "Please help,", "Late night,", "I cannot sleep,"],
+    "surprise": ["Honestly,", "Wait,", "No way,", "Out of nowhere,", "Plot twist:"],
+}
+ENDINGS = {
+    "joy": ["and everyone cheered.", "and I could dance all night.", "what a wonderful feeling!", "life is good."],
+    "sadness": ["and I cried all evening.", "and nothing feels the same.", "I feel so empty.", "it is hard to go on."],
+    "anger": ["and I am furious.", "this is outrageous!", "I want my money back.", "how dare they!"],
+    "fear": ["and I am terrified.", "what if it gets worse?", "my hands are still trembling.", "I am so scared."],
+    "surprise": ["who would have guessed?", "I did not see that coming!", "I am still stunned.", "what a twist!"],
+}
+
+
+def main() -> None:
+    rng = random.Random(2026)
+    rows = []
+    for label, events in EVENTS.items():
+        combos = [(o, e, d) for o in OPENERS[label] for e in events for d in ENDINGS[label]]
+        rng.shuffle(combos)
+        for opener, event, ending in combos[:60]:
+            joined = f"{event} {ending}" if ending.startswith("and ") else f"{event}, {ending}"
+            rows.append({"prompt": PROMPT.format(text=f"{opener} {joined}"), "completion": label})
+    rng.shuffle(rows)
+    out = Path(__file__).resolve().parents[1] / "src" / "sftscope" / "datasets"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", rows[:240]), ("test", rows[240:])):
+        with open(out / f"emotions_{name}.jsonl", "w", encoding="utf-8") as handle:
+            for row in part:
+                handle.write(json.dumps(row) + "\n")
+    print(f"wrote {len(rows)} comments: 240 train, {len(rows) - 240} test, labels {sorted(EVENTS)}")
+
+
+if __name__ == "__main__":
+    main()
