@@ -22,7 +22,7 @@ def test_words_map_to_their_tokens(word_tokenizer):
 
 def test_plain_text_without_template(word_tokenizer):
     prompt = tokenize_prompt(word_tokenizer, "my flight", use_chat_template=False)
-    assert prompt.text == "my flight" and [w.text for w in prompt.words] == ["my", "flight"]
+    assert prompt.text == "my flight\n" and [w.text for w in prompt.words] == ["my", "flight"]
 
 
 def test_selection_strategies(word_tokenizer):

@@ -5,7 +5,7 @@ import torch
 
 from sftscope import SftscopeError
 from sftscope.train import (
-    TrainConfig, build_trainer, checkpoint_dirs, checkpoint_steps, config_from_dict, load_checkpoint,
+    build_trainer, checkpoint_dirs, checkpoint_steps, config_from_dict, load_checkpoint,
     load_config, read_losses, train,
 )
 
@@ -84,3 +84,15 @@ def test_tiny_run_makes_exactly_the_scheduled_checkpoints(tmp_path, tiny_data, t
     assert torch.allclose(ref, same, atol=1e-6)
     assert not torch.allclose(ref, moved, atol=1e-3)
     assert torch.allclose(base(ids).logits, ref)  # base untouched
+
+
+def test_loss_only_on_response_without_chat_template(tmp_path, tiny_data, tiny_llama, word_tokenizer):
+    import copy
+
+    plain = copy.deepcopy(word_tokenizer)
+    plain.chat_template = None
+    trainer, _ = build_trainer(tiny_config(tmp_path, tiny_data), model=copy.deepcopy(tiny_llama), tokenizer=plain)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        trained = plain.decode([int(t) for t, lab in zip(ids, labels) if lab != -100]).split()
+        assert trained[0] in ("joy", "anger") and "classify" not in trained

@@ -62,31 +62,37 @@ OPENERS = {
     "surprise": ["Honestly,", "Wait,", "No way,", "Out of nowhere,", "Plot twist:"],
 }
 ENDINGS = {
-    "joy": ["and everyone cheered.", "and I could dance all night.", "what a wonderful feeling!", "life is good."],
-    "sadness": ["and I cried all evening.", "and nothing feels the same.", "I feel so empty.", "it is hard to go on."],
-    "anger": ["and I am furious.", "this is outrageous!", "I want my money back.", "how dare they!"],
-    "fear": ["and I am terrified.", "what if it gets worse?", "my hands are still trembling.", "I am so scared."],
-    "surprise": ["who would have guessed?", "I did not see that coming!", "I am still stunned.", "what a twist!"],
+    "joy": ["and everyone cheered.", "and I could dance all night.", "what a wonderful feeling!", "life is good.", "I feel on top of the world."],
+    "sadness": ["and I cried all evening.", "and nothing feels the same.", "I feel so empty.", "it is hard to go on.", "my heart is heavy tonight."],
+    "anger": ["and I am furious.", "this is outrageous!", "I want my money back.", "how dare they!", "I am fuming right now."],
+    "fear": ["and I am terrified.", "what if it gets worse?", "my hands are still trembling.", "I am so scared.", "I keep checking the locks."],
+    "surprise": ["who would have guessed?", "I did not see that coming!", "I am still stunned.", "what a twist!", "my jaw literally dropped."],
 }
 
 
 def main() -> None:
+    """Train and test share no event, opener or ending: test needs generalisation, not recall."""
     rng = random.Random(2026)
-    rows = []
+    splits = {"train": [], "test": []}
     for label, events in EVENTS.items():
-        combos = [(o, e, d) for o in OPENERS[label] for e in events for d in ENDINGS[label]]
-        rng.shuffle(combos)
-        for opener, event, ending in combos[:60]:
-            joined = f"{event} {ending}" if ending.startswith("and ") else f"{event}, {ending}"
-            rows.append({"prompt": PROMPT.format(text=f"{opener} {joined}"), "completion": label})
-    rng.shuffle(rows)
+        ev, op, en = list(events), list(OPENERS[label]), list(ENDINGS[label])
+        for items in (ev, op, en):
+            rng.shuffle(items)
+        parts = {"train": (ev[:9], op[:3], en[:3], 48), "test": (ev[9:], op[3:], en[3:], 12)}
+        for split, (events_, openers, endings, count) in parts.items():
+            combos = [(o, e, d) for o in openers for e in events_ for d in endings]
+            rng.shuffle(combos)
+            for opener, event, ending in combos[:count]:
+                joined = f"{event} {ending}" if ending.startswith("and ") else f"{event}, {ending}"
+                splits[split].append({"prompt": PROMPT.format(text=f"{opener} {joined}"), "completion": label})
     out = Path(__file__).resolve().parents[1] / "src" / "sftscope" / "datasets"
     out.mkdir(parents=True, exist_ok=True)
-    for name, part in (("train", rows[:240]), ("test", rows[240:])):
+    for name, rows in splits.items():
+        rng.shuffle(rows)
         with open(out / f"emotions_{name}.jsonl", "w", encoding="utf-8") as handle:
-            for row in part:
+            for row in rows:
                 handle.write(json.dumps(row) + "\n")
-    print(f"wrote {len(rows)} comments: 240 train, {len(rows) - 240} test, labels {sorted(EVENTS)}")
+    print(f"wrote {len(splits['train'])} train and {len(splits['test'])} test comments, labels {sorted(EVENTS)}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,29 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from functools import partial  # noqa: PLC0415
+
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    from .analyze import AnalysisSettings, analyze  # noqa: PLC0415
+
+    settings = AnalysisSettings(
+        samples_per_split=args.samples, n_players=args.players, seed=args.seed, tau=args.tau,
+        stage_rule=args.stage_rule, baseline_step=args.baseline_step,
+    )
+    progress = None if args.quiet else partial(tqdm, leave=False)
+    summary = analyze(args.run_dir, settings, baseline_run=args.baseline_run, progress=progress)
+    print(f"recommended checkpoint: step {summary['recommended_step']} (end of the denoising stage, "
+          f"rule: {args.stage_rule})")
+    print(f"minimum test loss at step {summary['min_test_loss_step']}; "
+          f"corr(emerged interactions, test-train loss gap) = {summary['corr_emerged_vs_loss_gap']:.2f}")
+    for row in summary["findings"]:
+        print(f"  [{'holds' if row['holds'] else 'does not hold'}] {row['finding']}: {row['measured']}")
+    print(f"details in {args.run_dir}/analysis/ (summary.json, dynamics.csv, flows.csv, findings.csv)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftscope", description="AND-OR interactions of LLMs along SFT.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -87,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config", nargs="?", help="YAML config (defaults: SmolLM2-135M on the shipped emotions data)")
     tr.add_argument("--output-dir", help="run folder (overrides the config's output_dir)")
     tr.set_defaults(func=_train)
+
+    an = sub.add_parser("analyze", help="interactions at every checkpoint of a run, dynamics, stopping point")
+    an.add_argument("run_dir")
+    an.add_argument("--baseline-run", help="run folder of a model of another architecture, same data")
+    an.add_argument("--baseline-step", type=int, help="baseline checkpoint (default: its last)")
+    an.add_argument("--samples", type=int, default=6, help="probe samples per split (default 6)")
+    an.add_argument("--players", type=int, default=8)
+    an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--tau", type=float, default=0.05)
+    an.add_argument("--stage-rule", choices=["crossover", "cumulative"], default="crossover")
+    an.add_argument("--quiet", action="store_true", help="no progress bars")
+    an.set_defaults(func=_analyze)
     return parser
 
 

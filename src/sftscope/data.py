@@ -230,6 +230,21 @@ def load_splits(
     return [p for i, p in enumerate(pairs) if i not in test_idx], [p for i, p in enumerate(pairs) if i in test_idx]
 
 
+def to_plain(pairs: Iterable[Pair]):
+    """Prompt-completion text for tokenizers without a chat template (same text as extraction renders)."""
+    import datasets  # noqa: PLC0415
+
+    from .players import PLAIN_SEPARATOR  # noqa: PLC0415
+
+    rows = [
+        {"prompt": (f"{p.system}\n" if p.system else "") + p.prompt + PLAIN_SEPARATOR, "completion": p.response}
+        for p in pairs
+    ]
+    if not rows:
+        raise SftscopeError("empty split: no examples to train or evaluate on")
+    return datasets.Dataset.from_list(rows)
+
+
 def to_conversational(pairs: Iterable[Pair]):
     """A ``datasets.Dataset`` in TRL's conversational prompt-completion form (loss on the completion)."""
     import datasets  # noqa: PLC0415

@@ -17,6 +17,10 @@ from .errors import SftscopeError
 
 Selection = Literal["ablation", "first", "random"]
 
+# Without a chat template the prompt is followed by this, and the response by nothing:
+# the same text in training (data.to_plain) and in extraction.
+PLAIN_SEPARATOR = "\n"
+
 WORD_PATTERN = re.compile(r"\w+(?:['’]\w+)*")
 
 # A short English stop-word list: these words rarely carry a prompt's meaning and
@@ -79,7 +83,7 @@ def render_prompt(
     if use_chat_template and not has_template:
         raise SftscopeError("the tokenizer has no chat template; pass use_chat_template=False")
     if not use_chat_template:
-        return prompt, (0, len(prompt)), False
+        return prompt + PLAIN_SEPARATOR, (0, len(prompt)), False
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .data import Pair, load_splits, to_conversational
+from .data import Pair, load_splits, to_conversational, to_plain
 from .errors import SftscopeError
 from .interactions import atomic_write
 
@@ -285,11 +285,12 @@ def build_trainer(config: TrainConfig, *, model=None, tokenizer=None, callbacks:
         target_modules=config.lora.target_modules, task_type="CAUSAL_LM",
     )
     schedule = _schedule_callback(steps, out / "losses.csv")
+    as_dataset = to_conversational if getattr(tokenizer, "chat_template", None) else to_plain
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=to_conversational(train_pairs),
-        eval_dataset={"train": to_conversational(eval_train), "test": to_conversational(test_pairs)},
+        train_dataset=as_dataset(train_pairs),
+        eval_dataset={"train": as_dataset(eval_train), "test": as_dataset(test_pairs)},
         processing_class=tokenizer,
         peft_config=lora,
         callbacks=[schedule, *(callbacks or [])],

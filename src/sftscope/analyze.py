@@ -1,0 +1,301 @@
+"""Extract interactions at every checkpoint of a run, resumably, and summarise the dynamics.
+
+Layout inside the run folder::
+
+    analysis/probes.json                                  probe samples and their frozen players
+    analysis/effects/<model>/step-<step>/<sample>.parquet one finished unit each (atomic write)
+    analysis/summary.json, analysis/dynamics.csv, analysis/flows.csv, analysis/findings.csv
+
+A unit (model, checkpoint, sample) is done when its Parquet file exists; files
+are written through a temporary name and renamed, so an interrupted analysis
+resumes without recomputing or duplicating anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .data import Pair
+from .dynamics import StageRule, dynamics_table, interval_flows, stage_boundary, summarize, type_utility
+from .errors import SftscopeError
+from .interactions import atomic_write
+from .players import Players
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AnalysisSettings:
+    samples_per_split: int = 6
+    n_players: int = 8
+    seed: int = 0
+    tau: float = 0.05
+    salience: str = "relative"
+    noise_bound: float = 0.02
+    baseline: str = "mean"
+    engine: str = "auto"
+    stage_rule: str = "crossover"
+    stage_fraction: float = 0.9
+    baseline_step: int | None = None
+
+
+@dataclass
+class Probe:
+    sample: str
+    split: str
+    prompt: str
+    response: str
+    players: Players
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def analysis_dir(run_dir: str | os.PathLike) -> Path:
+    path = Path(run_dir) / "analysis"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def unit_path(run_dir, model: str, step: int, sample: str) -> Path:
+    return analysis_dir(run_dir) / "effects" / model / f"step-{step:06d}" / f"{sample}.parquet"
+
+
+def write_unit(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def load_effects(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every finished unit as one table (sample, split, step, model, kind, bitmask, words, order, effect)."""
+    files = sorted((analysis_dir(run_dir) / "effects").glob("*/step-*/*.parquet"))
+    if not files:
+        raise SftscopeError(f"{run_dir}: no extracted interactions yet (run sftscope analyze)")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def save_probes(path: Path, probes: list[Probe]) -> None:
+    data = [{**asdict(p), "players": asdict(p.players)} for p in probes]
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1), encoding="utf-8"))
+
+
+def load_probes(path: Path) -> list[Probe]:
+    out = []
+    for item in json.loads(path.read_text(encoding="utf-8")):
+        players = Players(**{k: tuple(tuple(x) if isinstance(x, list) else x for x in v) for k, v in item["players"].items()})
+        out.append(Probe(item["sample"], item["split"], item["prompt"], item["response"], players))
+    return out
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def draw_probes(train: list[Pair], test: list[Pair], count: int, seed: int) -> list[tuple[str, str, Pair]]:
+    """``count`` seeded samples from each split: (sample id, split, pair)."""
+    rng = random.Random(seed)
+    chosen = []
+    for split, pairs in (("train", train), ("test", test)):
+        for index in sorted(rng.sample(range(len(pairs)), min(count, len(pairs)))):
+            chosen.append((f"{split}-{index:04d}", split, pairs[index]))
+    return chosen
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def extract_run(
+    run_dir: str | os.PathLike,
+    *,
+    model_label: str,
+    base_model,
+    tokenizer,
+    checkpoints: dict[int, Path],
+    probes: list[Probe],
+    settings: AnalysisSettings,
+    progress: Callable | None = None,
+    load_checkpoint: Callable | None = None,
+) -> int:
+    """Extract every missing (checkpoint, sample) unit of one model; returns how many were computed."""
+    from .extract import extract_interactions  # noqa: PLC0415
+    from .train import load_checkpoint as default_loader  # noqa: PLC0415
+
+    loader = load_checkpoint or default_loader
+    computed = 0
+    todo = [(step, path) for step, path in checkpoints.items()
+            if any(not unit_path(run_dir, model_label, step, p.sample).exists() for p in probes)]
+    bar = progress(total=sum(len(probes) for _ in todo), desc=f"extract {model_label}") if progress and todo else None
+    for step, path in todo:
+        model = loader(base_model, path)
+        for probe in probes:
+            target = unit_path(run_dir, model_label, step, probe.sample)
+            if target.exists():
+                if bar:
+                    bar.update(1)
+                continue
+            result = extract_interactions(
+                model, tokenizer, probe.prompt, probe.response, players=probe.players,
+                baseline=settings.baseline, noise_bound=settings.noise_bound, tau=settings.tau,
+                engine=settings.engine, context=f"sample {probe.sample}, {model_label} step {step}",
+            )
+            frame = result.to_dataframe().assign(
+                sample=probe.sample, split=probe.split, step=step, model=model_label
+            )
+            write_unit(target, frame)
+            computed += 1
+            if bar:
+                bar.update(1)
+        del model
+    if bar:
+        bar.close()
+    return computed
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def utilities(effects: pd.DataFrame, per_sample: pd.DataFrame, boundary: int, settings: AnalysisSettings) -> dict:
+    """Eq. 11 on test samples: cross-entropy of the target from each type alone, at the last checkpoint."""
+    from .dynamics import complete_omegas, encoded, omegas_by_sample, sample_types  # noqa: PLC0415
+
+    target = effects[effects["model"] == "target"]
+    enc = encoded(target, tau=settings.tau, mode=settings.salience)
+    steps = sorted(target["step"].unique())
+    omegas = omegas_by_sample(enc)
+    complete_omegas(omegas, [int(s) for s in steps])
+    last = int(steps[-1])
+    bias = target[(target["order"] == 0) & (target["step"] == last)].groupby("sample")["effect"].sum()
+    bias0 = target[(target["order"] == 0) & (target["step"] == steps[0])].groupby("sample")["effect"].sum()
+    losses = {"preserved": [], "removed": [], "early_emerged": [], "late_emerged": []}
+    for (split, sample), per_step in omegas.items():
+        if split != "test":
+            continue
+        seq = {t.step: t for t in sample_types(per_step)}
+        final, at_boundary = seq[last], seq[max(s for s in seq if s <= boundary)]
+        early = {k: v for k, v in final.emerged.items() if k in at_boundary.emerged}
+        late = {k: v for k, v in final.emerged.items() if k not in at_boundary.emerged}
+        losses["preserved"].append(type_utility(bias[sample], final.preserved))
+        losses["removed"].append(type_utility(bias0[sample], final.removed))
+        losses["early_emerged"].append(type_utility(bias[sample], early))
+        losses["late_emerged"].append(type_utility(bias[sample], late))
+    return {k: float(np.mean(v)) if v else float("nan") for k, v in losses.items()}
+
+
+def findings(summary_table: pd.DataFrame, flows: pd.DataFrame, boundary: int, last: int) -> pd.DataFrame:
+    """The paper's five findings, measured on this run (mean over all probe samples)."""
+    def at(step, type_, column):
+        rows = summary_table[(summary_table["step"] == step) & (summary_table["type"] == type_)]
+        return float(rows[column].mean()) if len(rows) else float("nan")
+
+    first = flows[flows["step"] <= boundary]
+    second = flows[flows["step"] > boundary]
+    em1, em2 = int(first["emerged"].sum()), int(second["emerged"].sum())
+    rm1, rm2 = int(first["removed"].sum()), int(second["removed"].sum())
+    # early-emerged = emerged at the boundary; late ones are judged at the last checkpoint
+    early_gen, late_gen = at(boundary, "emerged", "r_gen"), at(last, "emerged", "r_gen")
+    early_rho, late_rho = at(boundary, "emerged", "rho"), at(last, "emerged", "rho")
+    rem = {c: at(last, "removed", c) for c in ("mean_order", "r_gen", "rho")}
+    pre = {c: at(last, "preserved", c) for c in ("mean_order", "r_gen", "rho", "count")}
+    emg = {c: at(last, "emerged", c) for c in ("mean_order", "r_gen", "rho", "count")}
+    rows = [
+        ("1 few emerge in stage 1, many in stage 2", f"emerged: stage 1 {em1}, stage 2 {em2}", em1 < em2),
+        ("2 early-emerged more generalizable, less cancelling",
+         f"r_gen early {early_gen:.2f} vs late {late_gen:.2f}; rho early {early_rho:.2f} vs late {late_rho:.2f}",
+         bool(early_gen > late_gen and early_rho > late_rho)),
+        ("3 removals happen mostly in stage 1", f"removed: stage 1 {rm1}, stage 2 {rm2}", rm1 > rm2),
+        ("4 removed are high-order, non-generalizable, cancelling",
+         f"order {rem['mean_order']:.2f} (preserved {pre['mean_order']:.2f}); r_gen {rem['r_gen']:.2f}; rho {rem['rho']:.2f}",
+         bool(rem["mean_order"] > pre["mean_order"] and rem["r_gen"] < pre["r_gen"] and rem["rho"] < pre["rho"])),
+        ("5 preserved are few, low-order, generalizable, weakly cancelling",
+         f"count {pre['count']:.1f} vs emerged {emg['count']:.1f}; order {pre['mean_order']:.2f} vs {emg['mean_order']:.2f}; "
+         f"r_gen {pre['r_gen']:.2f} vs {emg['r_gen']:.2f}; rho {pre['rho']:.2f} vs {emg['rho']:.2f}",
+         bool(pre["count"] < emg["count"] and pre["mean_order"] < emg["mean_order"]
+              and pre["r_gen"] > emg["r_gen"] and pre["rho"] > emg["rho"])),
+    ]
+    return pd.DataFrame(rows, columns=["finding", "measured", "holds"])
+
+
+def summarize_run(run_dir: str | os.PathLike, settings: AnalysisSettings) -> dict:
+    """Dynamics, stage boundary, recommendation and findings from the stored effects."""
+    from .train import read_losses  # noqa: PLC0415
+
+    effects = load_effects(run_dir)
+    target = effects[effects["model"] == "target"]
+    has_baseline = (effects["model"] == "baseline").any()
+    per_sample = dynamics_table(
+        effects, tau=settings.tau, mode=settings.salience,
+        baseline_model="baseline" if has_baseline else None, baseline_step=settings.baseline_step,
+    )
+    table = summarize(per_sample)
+    flows = interval_flows(target, tau=settings.tau, mode=settings.salience)
+    boundary = stage_boundary(flows, StageRule(settings.stage_rule, settings.stage_fraction))
+    steps = sorted(int(s) for s in target["step"].unique())
+    losses = pd.DataFrame(read_losses(run_dir))
+    gap = losses.assign(gap=losses["test_loss"] - losses["train_loss"]).set_index("step")["gap"]
+    emerged_total = table[table["type"] == "emerged"].groupby("step")["count"].mean()
+    common = [s for s in emerged_total.index if s in gap.index]
+    corr = float(np.corrcoef(emerged_total[common], gap[common])[0, 1]) if len(common) > 2 else float("nan")
+    found = findings(table, flows, boundary, steps[-1])
+    out = analysis_dir(run_dir)
+    for name, frame in (("dynamics", table), ("flows", flows), ("findings", found), ("per_sample", per_sample)):
+        atomic_write(out / f"{name}.csv", lambda tmp, f=frame: f.to_csv(tmp, index=False))
+    summary = {
+        "recommended_step": boundary,
+        "stage_boundary_step": boundary,
+        "min_test_loss_step": int(losses.loc[losses["test_loss"].idxmin(), "step"]),
+        "loss_gap": {int(k): float(v) for k, v in gap.items()},
+        "corr_emerged_vs_loss_gap": corr,
+        "utility_cross_entropy": utilities(effects, per_sample, boundary, settings),
+        "findings": found.to_dict("records"),
+        "checkpoints": steps,
+        "settings": asdict(settings),
+    }
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1), encoding="utf-8"))
+    return summary
+
+
+def analyze(
+    run_dir: str | os.PathLike,
+    settings: AnalysisSettings | None = None,
+    *,
+    baseline_run: str | os.PathLike | None = None,
+    progress: Callable | None = None,
+) -> dict:
+    """Probe samples, frozen players, extraction at every checkpoint (resumable), then the summary."""
+    from .extract import select_players  # noqa: PLC0415
+    from .models import load_model_and_tokenizer  # noqa: PLC0415
+    from .train import checkpoint_dirs, load_config, split_pairs  # noqa: PLC0415
+
+    settings = settings or AnalysisSettings()
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    base, tokenizer = load_model_and_tokenizer(config.model, dtype="float32")
+    probes_file = analysis_dir(run_dir) / "probes.json"
+    if probes_file.exists():
+        probes = load_probes(probes_file)
+    else:  # players are chosen once, on the model before SFT, and frozen
+        train, test = split_pairs(config)
+        probes = []
+        for sample, split, pair in draw_probes(train, test, settings.samples_per_split, settings.seed):
+            players = select_players(base, tokenizer, pair.prompt, pair.response, settings.n_players, allow_fewer=True)
+            probes.append(Probe(sample, split, pair.prompt, pair.response, players))
+        save_probes(probes_file, probes)
+    extract_run(run_dir, model_label="target", base_model=base, tokenizer=tokenizer,
+                checkpoints=checkpoint_dirs(run_dir), probes=probes, settings=settings, progress=progress)
+    if baseline_run is not None:
+        base_config = load_config(Path(baseline_run) / "config.yaml")
+        other, other_tok = load_model_and_tokenizer(base_config.model, dtype="float32")
+        ckpts = checkpoint_dirs(baseline_run)
+        step = max(ckpts) if settings.baseline_step is None else settings.baseline_step
+        if step not in ckpts:
+            raise SftscopeError(f"{baseline_run}: no checkpoint at step {step}")
+        extract_run(run_dir, model_label="baseline", base_model=other, tokenizer=other_tok,
+                    checkpoints={step: ckpts[step]}, probes=probes, settings=settings, progress=progress)
+    return summarize_run(run_dir, settings)

@@ -1,0 +1,67 @@
+import json
+
+import pandas as pd
+import pytest
+
+from sftscope import SftscopeError
+from sftscope.analyze import AnalysisSettings, analyze, load_effects, unit_path
+from sftscope.train import config_from_dict, train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_llama, word_tokenizer):
+    root = tmp_path_factory.mktemp("run")
+    model_dir = root / "tiny-model"
+    tiny_llama.save_pretrained(model_dir)
+    word_tokenizer.save_pretrained(model_dir)
+    rows = [{"prompt": f"classify emotion : we won the game today {w}", "completion": "joy"} for w in ("so", "very", "great")]
+    rows += [{"prompt": f"classify emotion : my flight got cancelled again {w}", "completion": "anger"}
+             for w in ("so", "today", "terrible")]
+    data = root / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = config_from_dict({
+        "output_dir": str(root / "run"), "model": str(model_dir), "batch_size": 2, "max_steps": 4,
+        "checkpoint_every": 2, "learning_rate": 5e-2, "max_length": 64, "lora": {"r": 2, "alpha": 4},
+        "data": {"train": str(data), "test_ratio": 0.34, "max_train_examples": None},
+    })
+    return train(config)
+
+
+SETTINGS = AnalysisSettings(samples_per_split=2, n_players=4)
+
+
+def test_analysis_resumes_to_the_same_rows(tiny_run, monkeypatch):
+    import sftscope.extract as extract_module
+
+    summary = analyze(tiny_run, SETTINGS)
+    clean = load_effects(tiny_run).sort_values(["model", "step", "sample", "kind", "bitmask"]).reset_index(drop=True)
+    assert sorted(clean["step"].unique()) == [0, 1, 2, 4]
+    assert clean.groupby(["step", "sample"]).size().eq(2 * 16).all()
+    assert summary["recommended_step"] in summary["checkpoints"]
+    assert len(summary["findings"]) == 5
+
+    # crash after two more units, then resume: same rows, nothing duplicated
+    for path in list(unit_path(tiny_run, "target", 0, "x").parents[1].glob("step-*/*.parquet"))[:5]:
+        path.unlink()
+    real = extract_module.extract_interactions
+    calls = {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract_module, "extract_interactions", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        analyze(tiny_run, SETTINGS)
+    monkeypatch.setattr(extract_module, "extract_interactions", real)
+    analyze(tiny_run, SETTINGS)
+    again = load_effects(tiny_run).sort_values(["model", "step", "sample", "kind", "bitmask"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(again, clean)
+    assert not list(tiny_run.glob("analysis/**/*.tmp"))
+
+
+def test_missing_run_folder_is_one_error(tmp_path):
+    with pytest.raises(SftscopeError, match="config file not found"):
+        analyze(tmp_path, SETTINGS)

@@ -1,0 +1,108 @@
+import math
+
+import pandas as pd
+import pytest
+
+from sftscope import SftscopeError
+from sftscope.dynamics import (
+    StageRule, dynamics_table, encoded, generalizability, interval_flows, order_distribution, sample_types,
+    stage_boundary, summarize, type_utility, uncancelled_ratio,
+)
+
+
+def effects_frame(spec, model="target", split="train"):
+    """spec: {(sample, step): {(kind, mask): effect}} -> effects rows (plus a bias row each)."""
+    rows = []
+    for (sample, step), effects in spec.items():
+        rows.append(dict(model=model, split=split, sample=sample, step=step, kind="AND", bitmask=0, order=0, effect=0.3))
+        for (kind, mask), effect in effects.items():
+            rows.append(dict(model=model, split=split, sample=sample, step=step, kind=kind, bitmask=mask,
+                             order=int(mask).bit_count(), effect=effect))
+    return pd.DataFrame(rows)
+
+
+def test_type_partition():
+    omegas = {
+        0: {("AND", 1): 1.0, ("AND", 3): 0.5, ("OR", 6): -0.4},
+        2: {("AND", 1): 1.2, ("OR", 6): -0.3, ("AND", 12): 0.2},
+        4: {("AND", 1): 1.5, ("AND", 3): 0.6, ("AND", 12): 0.2, ("AND", 7): 0.1},
+    }
+    types = sample_types(omegas)
+    assert [t.step for t in types] == [0, 2, 4]
+    for t in types:
+        omega0, omega_t = set(omegas[0]), set(omegas[t.step])
+        assert set(t.preserved) | set(t.removed) == omega0 and not set(t.preserved) & set(t.removed)
+        assert set(t.preserved) | set(t.emerged) == omega_t and not set(t.preserved) & set(t.emerged)
+    last = types[-1]
+    assert set(last.preserved) == {("AND", 1)}  # ("AND", 3) left at step 2: not preserved even if back
+    assert last.removed == {("AND", 3): 0.5, ("OR", 6): -0.4}  # effects at t_0
+    assert last.emerged == {("AND", 3): 0.6, ("AND", 12): 0.2, ("AND", 7): 0.1}
+    assert last.preserved[("AND", 1)] == 1.5  # effect at t
+
+
+def test_metrics_known_answers():
+    assert uncancelled_ratio([1.0, -1.0]) == 0.0
+    assert uncancelled_ratio([2.0, 1.0]) == 1.0
+    assert uncancelled_ratio([3.0, -1.0]) == pytest.approx(0.5)
+    assert math.isnan(uncancelled_ratio([]))
+    dist = order_distribution({("AND", 1): 2.0, ("OR", 2): -1.0, ("AND", 3): 0.5, ("OR", 7): -0.25}, 3)
+    assert dist.to_dict("list") == {"order": [1, 2, 3], "strength_pos": [2.0, 0.5, 0.0],
+                                    "strength_neg": [1.0, 0.0, 0.25], "count_pos": [1, 1, 0], "count_neg": [1, 0, 1]}
+    mine = {("AND", 1): 2.0, ("AND", 3): -1.0, ("OR", 5): 1.0, ("AND", 6): 1.0}
+    theirs = {("AND", 1): 0.3, ("AND", 3): 0.4, ("AND", 5): 1.0}
+    assert generalizability(mine, theirs) == (0.25, pytest.approx(2.0 / 5.0))
+    assert type_utility(0.0, {}) == pytest.approx(math.log(2))
+    assert type_utility(1.0, {("AND", 1): 2.0}) == pytest.approx(-math.log(1 / (1 + math.exp(-3))))
+
+
+def test_salience_modes():
+    frame = effects_frame({("s", 0): {("AND", 1): 1.0, ("AND", 2): 0.04, ("OR", 3): -0.06},
+                           ("s", 1): {("AND", 1): 10.0, ("AND", 2): 0.2}})
+    rel = encoded(frame, tau=0.05)
+    assert set(zip(rel.step, rel.bitmask)) == {(0, 1), (0, 3), (1, 1)}
+    init = encoded(frame, tau=0.05, mode="initial")
+    assert set(zip(init.step, init.bitmask)) == {(0, 1), (0, 3), (1, 1), (1, 2)}
+    absolute = encoded(frame, mode="absolute", absolute=0.05)
+    assert set(zip(absolute.step, absolute.bitmask)) == {(0, 1), (0, 3), (1, 1), (1, 2)}
+    assert (encoded(frame)["order"] > 0).all()  # the bias is never an interaction
+
+
+def test_dynamics_table_and_flows():
+    spec = {
+        ("a", 0): {("AND", 1): 1.0, ("AND", 7): 0.5, ("AND", 6): -0.5},
+        ("a", 1): {("AND", 1): 1.1},
+        ("a", 2): {("AND", 1): 1.2, ("AND", 5): 0.3, ("OR", 3): 0.3, ("AND", 15): -0.2},
+    }
+    target = effects_frame(spec)
+    base = effects_frame({("a", 9): {("AND", 1): 0.7, ("AND", 5): -0.2}}, model="gemma")
+    per_sample = dynamics_table(pd.concat([target, base]), baseline_model="gemma")
+    last = per_sample[per_sample.step == 2].set_index("type")
+    assert last.loc["preserved", "count"] == 1 and last.loc["preserved", "r_gen"] == 1.0
+    assert last.loc["removed", "count"] == 2 and last.loc["removed", "rho"] == 0.0
+    assert last.loc["emerged", "count"] == 3 and last.loc["emerged", "r_gen"] == 0.0
+    assert last.loc["removed", "mean_order"] == 2.5
+    flows = interval_flows(target)
+    assert flows.to_dict("list") == {"step": [1, 2], "step_from": [0, 1], "emerged": [0, 3], "removed": [2, 0],
+                                     "emerged_strength": [0.0, pytest.approx(0.8)],
+                                     "removed_strength": [1.0, 0.0]}
+    assert set(summarize(per_sample)["type"]) == {"preserved", "removed", "emerged"}
+    with pytest.raises(SftscopeError, match="baseline model 'qwen'"):
+        dynamics_table(target, baseline_model="qwen")
+
+
+def test_stage_rules_on_constructed_trajectories():
+    flows = pd.DataFrame({"step": [1, 2, 4, 8, 16, 32], "step_from": [0, 1, 2, 4, 8, 16],
+                          "removed": [10, 8, 6, 1, 0, 1], "emerged": [0, 1, 2, 6, 12, 20]})
+    assert stage_boundary(flows) == 4  # from step 4 on, emergence outpaces removal
+    assert stage_boundary(flows, StageRule("cumulative", 0.9)) == 4  # 24 of 26 removals by step 4
+    assert stage_boundary(flows, StageRule("cumulative", 0.95)) == 8  # 25 of 26 by step 8
+    assert stage_boundary(flows, StageRule("cumulative", 0.5)) == 2
+    never = flows.assign(emerged=0)
+    assert stage_boundary(never) == 32
+    with pytest.raises(SftscopeError):
+        stage_boundary(flows.iloc[:0])
+
+
+def test_missing_columns_are_named():
+    with pytest.raises(SftscopeError, match="lacks columns: bitmask"):
+        encoded(pd.DataFrame({"sample": [], "step": [], "kind": [], "order": [], "effect": []}))
