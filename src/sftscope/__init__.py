@@ -5,12 +5,14 @@ from .errors import SftscopeError
 from .extract import extract_interactions, select_players
 from .game import MaskedGame, NaiveEngine, baseline_vector
 from .interactions import InteractionResult, read_metadata
+from .monitor import InteractionMonitor
 from .players import Players
 from .prefix import PrefixEngine
 
 __all__ = [
     "AndOrDecomposition",
     "Interaction",
+    "InteractionMonitor",
     "InteractionResult",
     "MaskedGame",
     "NaiveEngine",

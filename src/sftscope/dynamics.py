@@ -274,7 +274,16 @@ class StageRule:
 
 
 def stage_boundary(flows: pd.DataFrame, rule: StageRule = StageRule()) -> int:
-    """The checkpoint step that ends the denoising stage (the recommended stopping point)."""
+    """The checkpoint step that ends the denoising stage (the recommended stopping point).
+
+    Under ``crossover`` with no crossing yet, the last checkpoint: denoising has not ended.
+    """
+    found = detect_boundary(flows, rule)
+    return int(flows["step"].max()) if found is None else found
+
+
+def detect_boundary(flows: pd.DataFrame, rule: StageRule = StageRule()) -> int | None:
+    """Like ``stage_boundary``, but ``None`` while the rule has not fired (for live monitoring)."""
     if flows.empty:
         raise SftscopeError("need at least two checkpoints to find a stage boundary")
     flows = flows.sort_values("step").reset_index(drop=True)
@@ -293,4 +302,4 @@ def stage_boundary(flows: pd.DataFrame, rule: StageRule = StageRule()) -> int:
     for i in range(len(flows)):
         if removal_rate.iloc[i] < emergence_rate.iloc[i]:
             return int(flows["step_from"].iloc[i])  # the interval starting here is dominated by emergence
-    return int(flows["step"].iloc[-1])
+    return None

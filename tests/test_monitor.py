@@ -1,0 +1,56 @@
+import copy
+import json
+
+import pytest
+
+from sftscope import SftscopeError
+from sftscope.data import Pair
+from sftscope.dynamics import StageRule
+from sftscope.monitor import InteractionMonitor
+from sftscope.train import build_trainer, config_from_dict
+
+PROBES = [Pair("classify emotion : we won the game today so great", "joy"),
+          Pair("classify emotion : my flight got cancelled again today", "anger")]
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_llama, word_tokenizer):
+    rows = [{"prompt": p.prompt + f" {w}", "completion": p.response} for p in PROBES for w in ("so", "very", "!")]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = config_from_dict({
+        "output_dir": str(tmp_path / "run"), "batch_size": 2, "max_steps": 6, "checkpoint_every": 100,
+        "learning_rate": 5e-2, "max_length": 64, "lora": {"r": 2, "alpha": 4},
+        "data": {"train": str(data), "test_ratio": 0.34},
+    })
+    return config, copy.deepcopy(tiny_llama), word_tokenizer
+
+
+def test_monitor_stops_training_when_told(setup):
+    config, model, tok = setup
+    monitor = InteractionMonitor(tok, PROBES, steps=range(7), n_players=3, stop_early=True, patience=1,
+                                 rule=StageRule("cumulative", 0.0))
+    trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
+    monitor.attach(trainer)
+    trainer.train()
+    # a fraction of 0 puts the boundary at the first interval; patience 1 = stop one checkpoint later
+    assert monitor.boundary in (0, 1) and monitor.stopped_at == monitor.boundary + 1
+    assert trainer.state.global_step == monitor.stopped_at < 6
+    logged = [h for h in trainer.state.log_history if "interactions/removed" in h]
+    assert logged and logged[-1]["interactions/stage_boundary"] == float(monitor.boundary)
+
+
+def test_monitor_without_stopping_runs_to_the_end(setup):
+    config, model, tok = setup
+    monitor = InteractionMonitor(tok, PROBES, steps=[0, 3, 6], n_players=3, stop_early=False)
+    trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
+    monitor.attach(trainer)
+    trainer.train()
+    assert trainer.state.global_step == 6 and monitor.stopped_at is None
+    assert sorted(set(f["step"].iloc[0] for f in monitor.frames)) == [0, 3, 6]
+    assert sum("interactions/emerged" in h for h in trainer.state.log_history) == 2
+
+
+def test_monitor_needs_probes(word_tokenizer):
+    with pytest.raises(SftscopeError, match="at least one probe"):
+        InteractionMonitor(word_tokenizer, [])
