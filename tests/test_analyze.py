@@ -65,3 +65,17 @@ def test_analysis_resumes_to_the_same_rows(tiny_run, monkeypatch):
 def test_missing_run_folder_is_one_error(tmp_path):
     with pytest.raises(SftscopeError, match="config file not found"):
         analyze(tmp_path, SETTINGS)
+
+
+def test_report_from_the_analysis(tiny_run):
+    from sftscope.report import build_report
+
+    analyze(tiny_run, SETTINGS)
+    page = build_report(tiny_run)
+    text = page.read_text(encoding="utf-8")
+    assert text.index('id="recommendation"') < text.index('id="findings"') < text.index("<img")
+    assert text.count("data:image/png;base64,") == 6
+    assert "http://" not in text and "https://" not in text  # self-contained
+    assert {p.name for p in page.parent.glob("*.png")} == {
+        "types.png", "orders.png", "quality.png", "utility.png", "losses.png", "fidelity.png"}
+    assert "<mark" in text

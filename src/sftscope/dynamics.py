@@ -136,10 +136,13 @@ def uncancelled_ratio(effects: list[float]) -> float:
 
 
 def order_distribution(interactions: dict[Key, float], max_order: int) -> pd.DataFrame:
-    """Eq. 8: per order k, positive strength D+, negative strength D-, and counts."""
+    """Eq. 8: per order k, positive strength D+, negative strength D-, and counts.
+
+    Keys are ``(kind, mask, ...)``: extra key parts (e.g. the sample) allow pooling.
+    """
     rows = []
     for k in range(1, max_order + 1):
-        vals = [v for (kind, mask), v in interactions.items() if int(mask).bit_count() == k]
+        vals = [v for key, v in interactions.items() if int(key[1]).bit_count() == k]
         pos = [v for v in vals if v > 0]
         neg = [-v for v in vals if v < 0]
         rows.append({"order": k, "strength_pos": float(sum(pos)), "strength_neg": float(sum(neg)),

@@ -15,7 +15,7 @@ import pandas as pd
 from .decompose import AndOrDecomposition, Interaction, popcount
 from .players import Players
 
-EFFECT_COLUMNS = ["kind", "bitmask", "words", "order", "effect", "salient"]
+EFFECT_COLUMNS = ["kind", "bitmask", "words", "order", "effect", "salient", "value", "q"]
 
 
 @dataclass
@@ -39,7 +39,11 @@ class InteractionResult:
         return self.decomposition.salient(tau, **kwargs)
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per effect (both kinds, every bitmask; order 0 rows are the bias parts)."""
+        """One row per effect (both kinds, every bitmask; order 0 rows are the bias parts).
+
+        ``value`` and ``q`` are the game ``v(S)`` and its noise term at the mask
+        ``S = bitmask``, repeated on both kinds' rows, so fidelity can be re-checked.
+        """
         size = len(self.values)
         masks = np.arange(size)
         orders = popcount(size)
@@ -56,6 +60,8 @@ class InteractionResult:
                         "order": orders,
                         "effect": effects,
                         "salient": [(kind, int(m)) in salient for m in masks],
+                        "value": self.values,
+                        "q": self.decomposition.q,
                     }
                 )
             )

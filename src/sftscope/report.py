@@ -1,0 +1,256 @@
+"""Figures in the spirit of the paper's, and a self-contained HTML report.
+
+Reads what ``analyze`` stored in a run folder; computes nothing new beyond
+re-shaping it for the eye. Every figure is a PNG in ``<run>/report/`` and is
+embedded (base64) in ``<run>/report/index.html``: the page makes no request.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .decompose import reconstruct
+from .errors import SftscopeError
+from .interactions import atomic_write
+
+COLORS = {"preserved": "#1b7837", "removed": "#b2182b", "emerged": "#2166ac",
+          "early_emerged": "#67a9cf", "late_emerged": "#053061"}
+
+
+def _plt():
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def _shade(ax, boundary: int, last: int) -> None:
+    ax.axvspan(0, boundary, color="#a6dba0", alpha=0.35, label="denoising stage")
+    ax.axvspan(boundary, last, color="#c2a5cf", alpha=0.25, label="overfitting stage")
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    _plt().close(fig)
+    return path
+
+
+def figure_types(dynamics: pd.DataFrame, boundary: int, out: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    last = int(dynamics["step"].max())
+    for ax, column, title in zip(axes, ("count", "strength"), ("number of interactions", "total strength |I|")):
+        _shade(ax, boundary, last)
+        for name in ("preserved", "removed", "emerged"):
+            rows = dynamics[dynamics["type"] == name].groupby("step")[column].mean()
+            ax.plot(rows.index, rows.values, marker="o", ms=3, color=COLORS[name], label=name)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("SFT step")
+        ax.set_title(f"{title} (mean per sample)")
+    axes[0].legend(fontsize=8)
+    return _save(fig, out / "types.png")
+
+
+def figure_orders(per_type: dict[str, dict], out: Path, n_players: int) -> Path:
+    """Order distributions pooled over samples; keys are (kind, mask, sample)."""
+    plt = _plt()
+    from .dynamics import order_distribution  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
+    for ax, name in zip(axes, ("preserved", "removed", "emerged")):
+        dist = order_distribution(per_type.get(name, {}), n_players)
+        ax.bar(dist["order"], dist["strength_pos"], color=COLORS[name])
+        ax.bar(dist["order"], -dist["strength_neg"], color=COLORS[name], alpha=0.5)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_title(f"{name}: strength by order")
+        ax.set_xlabel("order (number of words)")
+    axes[0].set_ylabel("positive up, negative down")
+    return _save(fig, out / "orders.png")
+
+
+def figure_quality(dynamics: pd.DataFrame, boundary: int, out: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    last = int(dynamics["step"].max())
+    for ax, column, title in zip(axes, ("r_gen", "rho"), ("generalizability r_gen", "uncancelled ratio rho")):
+        _shade(ax, boundary, last)
+        for name in ("preserved", "removed", "emerged"):
+            rows = dynamics[dynamics["type"] == name].groupby("step")[column].mean()
+            ax.plot(rows.index, rows.values, marker="o", ms=3, color=COLORS[name], label=name)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("SFT step")
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    return _save(fig, out / "quality.png")
+
+
+def figure_utility(utility: dict[str, float], out: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    names = list(utility)
+    ax.bar(names, [utility[n] for n in names], color=[COLORS.get(n, "gray") for n in names])
+    ax.set_ylabel("cross-entropy on test samples")
+    ax.set_title("predicting the target from one type alone")
+    ax.tick_params(axis="x", labelsize=8)
+    return _save(fig, out / "utility.png")
+
+
+def figure_losses(losses: pd.DataFrame, recommended: int, min_test: int, out: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    ax.plot(losses["step"], losses["train_loss"], marker="o", ms=3, label="train loss")
+    ax.plot(losses["step"], losses["test_loss"], marker="o", ms=3, label="test loss")
+    ax.axvline(recommended, color="#1b7837", ls="--", label=f"recommended (step {recommended})")
+    ax.axvline(min_test, color="gray", ls=":", label=f"min test loss (step {min_test})")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("SFT step")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "losses.png")
+
+
+def figure_fidelity(unit: pd.DataFrame, out: Path) -> Path:
+    """Model output v(S) against the AND-OR model over all masks, and the sorted effect strengths."""
+    plt = _plt()
+    ands = unit[unit["kind"] == "AND"].sort_values("bitmask")
+    ors = unit[unit["kind"] == "OR"].sort_values("bitmask")
+    fitted = reconstruct(ands["effect"].to_numpy(), ors["effect"].to_numpy())  # = v + q: q is the bounded noise
+    values = ands["value"].to_numpy()
+    order = np.argsort(values)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    axes[0].plot(values[order], label="model output v(S)", lw=2)
+    axes[0].plot(fitted[order], ls="--", label="AND-OR model (bias + interactions)")
+    axes[0].set_xlabel("masked inputs S, sorted by v(S)")
+    axes[0].set_title("fidelity: all 2^n masked inputs")
+    axes[0].legend(fontsize=8)
+    strengths = np.sort(np.abs(unit.loc[unit["order"] > 0, "effect"].to_numpy()))[::-1]
+    axes[1].plot(strengths)
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("interactions, by strength")
+    axes[1].set_title("sparsity: sorted |I|")
+    return _save(fig, out / "fidelity.png")
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
+
+
+def _highlight(prompt: str, spans, words) -> str:
+    out, pos = [], 0
+    for (start, end), word in sorted(zip(spans, words)):
+        out.append(html.escape(prompt[pos:start]))
+        out.append(f'<mark title="player">{html.escape(prompt[start:end])}</mark>')
+        pos = end
+    out.append(html.escape(prompt[pos:]))
+    return "".join(out)
+
+
+def _top_table(unit: pd.DataFrame, k: int = 6) -> str:
+    top = unit[(unit["order"] > 0) & unit["salient"]].reindex(
+        unit[(unit["order"] > 0) & unit["salient"]]["effect"].abs().sort_values(ascending=False).index
+    ).head(k)
+    rows = "".join(
+        f"<tr><td>{r.kind}</td><td>{html.escape((' & ' if r.kind == 'AND' else ' | ').join(r.words.split()))}</td>"
+        f"<td class=num>{r.effect:+.3f}</td></tr>"
+        for r in top.itertuples()
+    )
+    return f"<table><tr><th>kind</th><th>words</th><th>effect</th></tr>{rows}</table>"
+
+
+def build_report(run_dir: str | os.PathLike) -> Path:
+    """Write the figures and ``report/index.html``; returns the HTML path."""
+    from .analyze import analysis_dir, load_effects, load_probes  # noqa: PLC0415
+    from .dynamics import complete_omegas, encoded, omegas_by_sample, sample_types  # noqa: PLC0415
+    from .train import read_losses  # noqa: PLC0415
+
+    run_dir = Path(run_dir)
+    adir = analysis_dir(run_dir)
+    if not (adir / "summary.json").exists():
+        raise SftscopeError(f"{run_dir}: no analysis/summary.json (run sftscope analyze first)")
+    summary = json.loads((adir / "summary.json").read_text(encoding="utf-8"))
+    dynamics = pd.read_csv(adir / "dynamics.csv")
+    findings = pd.read_csv(adir / "findings.csv")
+    losses = pd.DataFrame(read_losses(run_dir))
+    effects = load_effects(run_dir)
+    target = effects[effects["model"] == "target"]
+    probes = load_probes(adir / "probes.json")
+    steps = summary["checkpoints"]
+    boundary, last = summary["stage_boundary_step"], steps[-1]
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    # pooled types at the last checkpoint, for the order distributions
+    settings = summary["settings"]
+    enc = encoded(target, tau=settings["tau"], mode=settings["salience"])
+    omegas = omegas_by_sample(enc)
+    complete_omegas(omegas, steps)
+    pooled: dict[str, dict] = {"preserved": {}, "removed": {}, "emerged": {}}
+    for (split, sample), per_step in omegas.items():
+        final = sample_types(per_step)[-1]
+        for name in pooled:
+            for (kind, mask), value in getattr(final, name).items():
+                pooled[name][(kind, mask, sample)] = value
+    n_players = int(target["order"].max())
+    first_unit = target[(target["step"] == last) & (target["sample"] == probes[0].sample)]
+    figures = [
+        figure_types(dynamics, boundary, out),
+        figure_orders(pooled, out, n_players),
+        figure_quality(dynamics, boundary, out),
+        figure_utility(summary["utility_cross_entropy"], out),
+        figure_losses(losses, summary["recommended_step"], summary["min_test_loss_step"], out),
+        figure_fidelity(first_unit, out),
+    ]
+    shown_steps = sorted({steps[0], boundary, last})
+    samples_html = []
+    for probe in probes:
+        cells = []
+        for step in shown_steps:
+            unit = target[(target["step"] == step) & (target["sample"] == probe.sample)]
+            if len(unit):
+                cells.append(f"<div class=cell><h4>step {step}</h4>{_top_table(unit)}</div>")
+        samples_html.append(
+            f"<section class=sample><h3>{html.escape(probe.sample)} ({probe.split}) &rarr; "
+            f"<code>{html.escape(probe.response)}</code></h3>"
+            f"<p class=prompt>{_highlight(probe.prompt, probe.players.char_spans, probe.players.words)}</p>"
+            f"<div class=cells>{''.join(cells)}</div></section>"
+        )
+    findings_rows = "".join(
+        f"<tr class={'yes' if f.holds else 'no'}><td>{html.escape(f.finding)}</td><td>{html.escape(f.measured)}</td>"
+        f"<td>{'holds' if f.holds else 'does not hold'}</td></tr>"
+        for f in findings.itertuples()
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>sftscope report: {html.escape(run_dir.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; color: #222; }}
+.recommend {{ background: #e7f4e4; border-left: 6px solid #1b7837; padding: 1em 1.4em; font-size: 1.15em; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }} td, th {{ border: 1px solid #ccc; padding: 3px 7px; }}
+tr.yes td:last-child {{ color: #1b7837; font-weight: bold; }} tr.no td:last-child {{ color: #b2182b; }}
+img {{ max-width: 100%; margin: 0.6em 0; }} mark {{ background: #ffe08a; padding: 0 2px; }}
+.cells {{ display: flex; gap: 1em; flex-wrap: wrap; }} .num {{ text-align: right; font-family: monospace; }}
+.sample {{ border-top: 1px solid #ddd; padding-top: 0.5em; }}
+</style></head><body>
+<h1>sftscope report: {html.escape(run_dir.name)}</h1>
+<div class="recommend" id="recommendation">Recommended checkpoint: <b>step {summary['recommended_step']}</b>
+(end of the denoising stage). Minimum test loss: step {summary['min_test_loss_step']}.
+Correlation of emerged interactions with the test&minus;train loss gap: {summary['corr_emerged_vs_loss_gap']:.2f}.</div>
+<h2>The paper's findings on this run</h2>
+<table id="findings"><tr><th>finding</th><th>measured</th><th>verdict</th></tr>{findings_rows}</table>
+<h2>Figures</h2>
+{''.join(_img(p) for p in figures)}
+<h2>Samples: players highlighted, top interactions at steps {', '.join(map(str, shown_steps))}</h2>
+{''.join(samples_html)}
+</body></html>"""
+    path = out / "index.html"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    return path
