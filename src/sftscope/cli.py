@@ -59,26 +59,46 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from functools import partial  # noqa: PLC0415
-
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
     from .analyze import AnalysisSettings, analyze  # noqa: PLC0415
 
     settings = AnalysisSettings(
         samples_per_split=args.samples, n_players=args.players, seed=args.seed, tau=args.tau,
         stage_rule=args.stage_rule, baseline_step=args.baseline_step,
     )
-    progress = None if args.quiet else partial(tqdm, leave=False)
+    progress = None if args.quiet else _progress()
     summary = analyze(args.run_dir, settings, baseline_run=args.baseline_run, progress=progress)
-    print(f"recommended checkpoint: step {summary['recommended_step']} (end of the denoising stage, "
-          f"rule: {args.stage_rule})")
+    _print_answer(summary)
+    print(f"details in {args.run_dir}/analysis/ (summary.json, dynamics.csv, flows.csv, findings.csv)")
+    return 0
+
+
+def _print_answer(summary: dict) -> None:
+    print(f"recommended checkpoint: step {summary['recommended_step']} (end of the denoising stage)")
     print(f"minimum test loss at step {summary['min_test_loss_step']}; "
           f"corr(emerged interactions, test-train loss gap) = {summary['corr_emerged_vs_loss_gap']:.2f}")
     for row in summary["findings"]:
         print(f"  [{'holds' if row['holds'] else 'does not hold'}] {row['finding']}: {row['measured']}")
-    print(f"details in {args.run_dir}/analysis/ (summary.json, dynamics.csv, flows.csv, findings.csv)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .pipeline import demo_config, load_run_config, run  # noqa: PLC0415
+
+    config = demo_config(args.out, args.quick) if args.command == "demo" else load_run_config(args.config)
+    if args.command == "run" and args.output_dir:
+        config.output_dir = args.output_dir
+    say = (lambda _msg: None) if args.quiet else print
+    summary = run(config, progress=None if args.quiet else _progress(), say=say)
+    _print_answer(summary)
+    print(f"report: {summary['report']}")
     return 0
+
+
+def _progress():
+    from functools import partial  # noqa: PLC0415
+
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    return partial(tqdm, leave=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--stage-rule", choices=["crossover", "cumulative"], default="crossover")
     an.add_argument("--quiet", action="store_true", help="no progress bars")
     an.set_defaults(func=_analyze)
+
+    rn = sub.add_parser("run", help="train target and baseline, analyse, report (each stage resumes)")
+    rn.add_argument("config", help="YAML with output_dir, train, baseline, analysis")
+    rn.add_argument("--output-dir")
+    rn.add_argument("--quiet", action="store_true")
+    rn.set_defaults(func=_run)
+
+    dm = sub.add_parser("demo", help="the whole pipeline on the embedded models and data, offline")
+    dm.add_argument("--out", default="sftscope-demo")
+    dm.add_argument("--quick", action="store_true", help="a reduced smoke-test version (minutes)")
+    dm.add_argument("--quiet", action="store_true")
+    dm.set_defaults(func=_run)
     return parser
 
 
