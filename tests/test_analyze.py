@@ -1,30 +1,8 @@
-import json
-
 import pandas as pd
 import pytest
 
 from sftscope import SftscopeError
 from sftscope.analyze import AnalysisSettings, analyze, load_effects, unit_path
-from sftscope.train import config_from_dict, train
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_llama, word_tokenizer):
-    root = tmp_path_factory.mktemp("run")
-    model_dir = root / "tiny-model"
-    tiny_llama.save_pretrained(model_dir)
-    word_tokenizer.save_pretrained(model_dir)
-    rows = [{"prompt": f"classify emotion : we won the game today {w}", "completion": "joy"} for w in ("so", "very", "great")]
-    rows += [{"prompt": f"classify emotion : my flight got cancelled again {w}", "completion": "anger"}
-             for w in ("so", "today", "terrible")]
-    data = root / "d.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    config = config_from_dict({
-        "output_dir": str(root / "run"), "model": str(model_dir), "batch_size": 2, "max_steps": 4,
-        "checkpoint_every": 2, "learning_rate": 5e-2, "max_length": 64, "lora": {"r": 2, "alpha": 4},
-        "data": {"train": str(data), "test_ratio": 0.34, "max_train_examples": None},
-    })
-    return train(config)
 
 
 SETTINGS = AnalysisSettings(samples_per_split=2, n_players=4)

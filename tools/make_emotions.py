@@ -85,6 +85,14 @@ def main() -> None:
             for opener, event, ending in combos[:count]:
                 joined = f"{event} {ending}" if ending.startswith("and ") else f"{event}, {ending}"
                 splits[split].append({"prompt": PROMPT.format(text=f"{opener} {joined}"), "completion": label})
+    # Like GoEmotions, the training labels are noisy: annotators disagree. 15% of the
+    # training comments carry another label; the test labels are clean. Memorising the
+    # noisy ones is the overfitting SFT runs into.
+    labels = sorted(EVENTS)
+    noisy = rng.sample(range(len(splits["train"])), round(0.15 * len(splits["train"])))
+    for index in noisy:
+        row = splits["train"][index]
+        row["completion"] = rng.choice([label for label in labels if label != row["completion"]])
     out = Path(__file__).resolve().parents[1] / "src" / "sftscope" / "datasets"
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in splits.items():
@@ -92,7 +100,8 @@ def main() -> None:
         with open(out / f"emotions_{name}.jsonl", "w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")
-    print(f"wrote {len(splits['train'])} train and {len(splits['test'])} test comments, labels {sorted(EVENTS)}")
+    print(f"wrote {len(splits['train'])} train ({len(noisy)} with noisy labels) and {len(splits['test'])} test "
+          f"comments, labels {labels}")
 
 
 if __name__ == "__main__":

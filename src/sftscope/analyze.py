@@ -28,6 +28,7 @@ from .data import Pair
 from .dynamics import StageRule, dynamics_table, interval_flows, stage_boundary, summarize, type_utility
 from .errors import SftscopeError
 from .interactions import atomic_write
+from .lock import run_lock
 from .players import Players
 
 log = logging.getLogger(__name__)
@@ -269,13 +270,22 @@ def analyze(
     progress: Callable | None = None,
 ) -> dict:
     """Probe samples, frozen players, extraction at every checkpoint (resumable), then the summary."""
-    from .extract import select_players  # noqa: PLC0415
-    from .models import load_model_and_tokenizer  # noqa: PLC0415
-    from .train import checkpoint_dirs, load_config, split_pairs  # noqa: PLC0415
+    from .train import load_config  # noqa: PLC0415
 
     settings = settings or AnalysisSettings()
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
+    with run_lock(run_dir):
+        return _analyze_locked(run_dir, config, settings, baseline_run, progress)
+
+
+def _analyze_locked(run_dir: Path, config, settings: AnalysisSettings, baseline_run, progress) -> dict:
+    from .extract import select_players  # noqa: PLC0415
+    from .models import load_model_and_tokenizer  # noqa: PLC0415
+    from .train import checkpoint_dirs, load_config, split_pairs  # noqa: PLC0415
+
+    for leftover in analysis_dir(run_dir).rglob(".*.tmp"):  # a killed writer's temp file; we hold the lock
+        leftover.unlink()
     base, tokenizer = load_model_and_tokenizer(config.model, dtype="float32")
     probes_file = analysis_dir(run_dir) / "probes.json"
     if probes_file.exists():

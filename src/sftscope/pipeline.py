@@ -29,6 +29,7 @@ import yaml
 from .analyze import AnalysisSettings, analyze
 from .errors import SftscopeError
 from .interactions import atomic_write
+from .lock import run_lock
 from .train import TrainConfig, _build, train
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,9 @@ def _train_stage(config: TrainConfig, run_dir: Path, name: str, say: Callable[[s
         return
     if run_dir.exists():
         say(f"{name}: unfinished training found, restarting it from step 0")
-        shutil.rmtree(run_dir)
+        for child in run_dir.iterdir():  # keep the folder (and any lock in it), drop partial results
+            if child.name != ".sftscope.lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     config = copy.deepcopy(config)
     config.output_dir = str(run_dir)
     say(f"{name}: training {config.model}")
@@ -105,10 +108,14 @@ def _train_stage(config: TrainConfig, run_dir: Path, name: str, say: Callable[[s
 
 def run(config: RunConfig, *, progress: Callable | None = None, say: Callable[[str], None] = print) -> dict:
     """Train target (and baseline), analyse, report. Returns the summary."""
+    out = Path(config.output_dir)
+    with run_lock(out):
+        return _run_locked(config, out, progress, say)
+
+
+def _run_locked(config: RunConfig, out: Path, progress, say) -> dict:
     from .report import build_report  # noqa: PLC0415
 
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     target_dir, baseline_dir = out / "target", out / "baseline"
     _train_stage(config.train, target_dir, "target", say)
     if config.baseline is not None:

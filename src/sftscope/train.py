@@ -64,7 +64,7 @@ class TrainConfig:
     lr_scheduler: str = "cosine"
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
-    epochs: float = 6.0
+    epochs: float = 10.0
     max_steps: int = -1
     seed: int = 0
     dtype: str = "float32"
@@ -227,12 +227,15 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, callbacks: list | 
 
     ``model``/``tokenizer`` override ``config.model`` (tests pass tiny ones).
     """
-    trainer, steps = build_trainer(config, model=model, tokenizer=tokenizer, callbacks=callbacks)
+    from .lock import run_lock  # noqa: PLC0415
+
     out = Path(config.output_dir)
-    log.info("training %d steps; checkpoints at %s", steps[-1], steps)
-    trainer.evaluate()  # step 0: the model before SFT
-    trainer.model.save_pretrained(out / "checkpoint-0", safe_serialization=True)
-    trainer.train()
+    with run_lock(out):
+        trainer, steps = build_trainer(config, model=model, tokenizer=tokenizer, callbacks=callbacks)
+        log.info("training %d steps; checkpoints at %s", steps[-1], steps)
+        trainer.evaluate()  # step 0: the model before SFT
+        trainer.model.save_pretrained(out / "checkpoint-0", safe_serialization=True)
+        trainer.train()
     return out
 
 

@@ -1,0 +1,72 @@
+"""Interrupted runs lose nothing; concurrent runs on one folder are refused."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from sftscope import SftscopeError
+from sftscope.analyze import AnalysisSettings, analyze, load_effects
+from sftscope.lock import LOCK_NAME, run_lock
+
+KEYS = ["model", "step", "sample", "kind", "bitmask"]
+SCRIPT = (
+    "import sys; from sftscope.analyze import AnalysisSettings, analyze; "
+    "analyze(sys.argv[1], AnalysisSettings(samples_per_split=2, n_players=5))"
+)
+
+
+def test_concurrent_use_is_refused(tmp_path):
+    with run_lock(tmp_path):
+        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            (tmp_path / LOCK_NAME).write_text(str(holder.pid))  # pretend another live process holds it
+            with pytest.raises(SftscopeError, match=f"in use by another sftscope process \\(pid {holder.pid}\\)"):
+                with run_lock(tmp_path):
+                    pass
+        finally:
+            holder.kill()
+            holder.wait()
+        (tmp_path / LOCK_NAME).write_text(str(os.getpid()))
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_stale_lock_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(str(dead.pid))
+    with run_lock(tmp_path):
+        assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
+
+
+def test_killed_at_random_points_then_resumed_gives_the_clean_rows(tiny_run, tmp_path):
+    import shutil
+
+    settings = AnalysisSettings(samples_per_split=2, n_players=5)
+    clean_dir = tmp_path / "clean"
+    shutil.copytree(tiny_run, clean_dir, ignore=shutil.ignore_patterns("analysis", "report"))
+    analyze(clean_dir, settings)
+    clean = load_effects(clean_dir).sort_values(KEYS).reset_index(drop=True)
+
+    killed_dir = tmp_path / "killed"
+    shutil.copytree(tiny_run, killed_dir, ignore=shutil.ignore_patterns("analysis", "report"))
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(killed_dir)])
+        time.sleep(rng.uniform(3.0, 8.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    finished = subprocess.run([sys.executable, "-c", SCRIPT, str(killed_dir)], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-1500:]
+    assert kills >= 1  # at least one run really died mid-way
+    resumed = load_effects(killed_dir).sort_values(KEYS).reset_index(drop=True)
+    pd.testing.assert_frame_equal(resumed, clean)
+    assert not list(killed_dir.rglob("*.tmp"))
