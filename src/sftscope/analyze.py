@@ -112,48 +112,82 @@ def draw_probes(train: list[Pair], test: list[Pair], count: int, seed: int) -> l
 # --------------------------------------------------------------------------- extraction
 
 
+@dataclass(frozen=True)
+class Job:
+    """One unit of distributable work: a model's checkpoint and a batch of probe samples."""
+
+    model_label: str
+    model_name: str
+    step: int
+    checkpoint: str
+    samples: tuple[str, ...]
+
+
+def plan_jobs(
+    run_dir, *, model_label: str, model_name: str, checkpoints: dict[int, Path], probes: list[Probe],
+    samples_per_job: int | None = None,
+) -> list[Job]:
+    """Jobs for every missing (checkpoint, sample) unit; ``samples_per_job=None`` puts a checkpoint's all in one."""
+    jobs = []
+    for step, path in checkpoints.items():
+        missing = [p.sample for p in probes if not unit_path(run_dir, model_label, step, p.sample).exists()]
+        size = samples_per_job or max(1, len(missing))
+        for start in range(0, len(missing), size):
+            jobs.append(Job(model_label, model_name, step, str(path), tuple(missing[start : start + size])))
+    return jobs
+
+
+def run_job(
+    run_dir, job: Job, probes: dict[str, Probe], settings: AnalysisSettings, *, base_model=None, tokenizer=None,
+    on_unit: Callable[[], None] | None = None,
+) -> int:
+    """Load the job's checkpoint once, extract its samples, write each unit itself; returns units written."""
+    from .extract import extract_interactions  # noqa: PLC0415
+    from .models import load_model_and_tokenizer  # noqa: PLC0415
+    from .train import load_checkpoint  # noqa: PLC0415
+
+    if base_model is None:
+        base_model, tokenizer = load_model_and_tokenizer(job.model_name, dtype="float32")
+    model = load_checkpoint(base_model, job.checkpoint)
+    written = 0
+    for sample in job.samples:
+        target = unit_path(run_dir, job.model_label, job.step, sample)
+        if not target.exists():  # a retried job skips what its first attempt finished
+            probe = probes[sample]
+            result = extract_interactions(
+                model, tokenizer, probe.prompt, probe.response, players=probe.players,
+                baseline=settings.baseline, noise_bound=settings.noise_bound, tau=settings.tau,
+                engine=settings.engine, context=f"sample {sample}, {job.model_label} step {job.step}",
+            )
+            frame = result.to_dataframe().assign(sample=sample, split=probe.split, step=job.step, model=job.model_label)
+            write_unit(target, frame)
+            written += 1
+        if on_unit:
+            on_unit()
+    return written
+
+
 def extract_run(
     run_dir: str | os.PathLike,
     *,
     model_label: str,
+    model_name: str,
     base_model,
     tokenizer,
     checkpoints: dict[int, Path],
     probes: list[Probe],
     settings: AnalysisSettings,
     progress: Callable | None = None,
-    load_checkpoint: Callable | None = None,
 ) -> int:
-    """Extract every missing (checkpoint, sample) unit of one model; returns how many were computed."""
-    from .extract import extract_interactions  # noqa: PLC0415
-    from .train import load_checkpoint as default_loader  # noqa: PLC0415
-
-    loader = load_checkpoint or default_loader
-    computed = 0
-    todo = [(step, path) for step, path in checkpoints.items()
-            if any(not unit_path(run_dir, model_label, step, p.sample).exists() for p in probes)]
-    bar = progress(total=sum(len(probes) for _ in todo), desc=f"extract {model_label}") if progress and todo else None
-    for step, path in todo:
-        model = loader(base_model, path)
-        for probe in probes:
-            target = unit_path(run_dir, model_label, step, probe.sample)
-            if target.exists():
-                if bar:
-                    bar.update(1)
-                continue
-            result = extract_interactions(
-                model, tokenizer, probe.prompt, probe.response, players=probe.players,
-                baseline=settings.baseline, noise_bound=settings.noise_bound, tau=settings.tau,
-                engine=settings.engine, context=f"sample {probe.sample}, {model_label} step {step}",
-            )
-            frame = result.to_dataframe().assign(
-                sample=probe.sample, split=probe.split, step=step, model=model_label
-            )
-            write_unit(target, frame)
-            computed += 1
-            if bar:
-                bar.update(1)
-        del model
+    """Extract every missing unit of one model in this process; returns how many were computed."""
+    jobs = plan_jobs(run_dir, model_label=model_label, model_name=model_name, checkpoints=checkpoints, probes=probes)
+    by_id = {p.sample: p for p in probes}
+    bar = progress(total=sum(len(j.samples) for j in jobs), desc=f"extract {model_label}") if progress and jobs else None
+    computed = sum(
+        run_job(run_dir, job, by_id, settings, base_model=base_model, tokenizer=tokenizer,
+                on_unit=bar.update if bar else None)
+        for job in jobs
+    )
     if bar:
         bar.close()
     return computed
@@ -268,18 +302,37 @@ def analyze(
     *,
     baseline_run: str | os.PathLike | None = None,
     progress: Callable | None = None,
+    ray_address: str | None = None,
+    samples_per_job: int | None = None,
+    num_gpus: float = 0,
 ) -> dict:
-    """Probe samples, frozen players, extraction at every checkpoint (resumable), then the summary."""
+    """Probe samples, frozen players, extraction at every checkpoint (resumable), then the summary.
+
+    ``ray_address`` fans the extraction jobs out over a Ray cluster (``"local"``
+    starts one on this machine; ``"auto"`` joins a running one); each job is one
+    checkpoint and up to ``samples_per_job`` samples, with ``num_gpus`` each.
+    """
     from .train import load_config  # noqa: PLC0415
 
     settings = settings or AnalysisSettings()
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()
     config = load_config(run_dir / "config.yaml")
     with run_lock(run_dir):
-        return _analyze_locked(run_dir, config, settings, baseline_run, progress)
+        return _analyze_locked(
+            run_dir, config, settings, baseline_run, progress,
+            ray=(ray_address, samples_per_job, num_gpus),
+        )
 
 
-def _analyze_locked(run_dir: Path, config, settings: AnalysisSettings, baseline_run, progress) -> dict:
+def _model_ref(name: str, relative_to: Path) -> str:
+    """Absolute path for local model folders (workers may run elsewhere), names unchanged."""
+    path = Path(name)
+    if not path.is_absolute() and (relative_to / path).exists():
+        return str((relative_to / path).resolve())
+    return str(path.resolve()) if path.exists() else name
+
+
+def _analyze_locked(run_dir: Path, config, settings: AnalysisSettings, baseline_run, progress, ray) -> dict:
     from .extract import select_players  # noqa: PLC0415
     from .models import load_model_and_tokenizer  # noqa: PLC0415
     from .train import checkpoint_dirs, load_config, split_pairs  # noqa: PLC0415
@@ -297,15 +350,23 @@ def _analyze_locked(run_dir: Path, config, settings: AnalysisSettings, baseline_
             players = select_players(base, tokenizer, pair.prompt, pair.response, settings.n_players, allow_fewer=True)
             probes.append(Probe(sample, split, pair.prompt, pair.response, players))
         save_probes(probes_file, probes)
-    extract_run(run_dir, model_label="target", base_model=base, tokenizer=tokenizer,
-                checkpoints=checkpoint_dirs(run_dir), probes=probes, settings=settings, progress=progress)
+    units = [("target", _model_ref(config.model, Path.cwd()), checkpoint_dirs(run_dir))]
     if baseline_run is not None:
         base_config = load_config(Path(baseline_run) / "config.yaml")
-        other, other_tok = load_model_and_tokenizer(base_config.model, dtype="float32")
         ckpts = checkpoint_dirs(baseline_run)
         step = max(ckpts) if settings.baseline_step is None else settings.baseline_step
         if step not in ckpts:
             raise SftscopeError(f"{baseline_run}: no checkpoint at step {step}")
-        extract_run(run_dir, model_label="baseline", base_model=other, tokenizer=other_tok,
-                    checkpoints={step: ckpts[step]}, probes=probes, settings=settings, progress=progress)
+        units.append(("baseline", _model_ref(base_config.model, Path.cwd()), {step: ckpts[step]}))
+    ray_address, samples_per_job, num_gpus = ray
+    if ray_address is not None:
+        from .distributed import extract_with_ray  # noqa: PLC0415
+
+        extract_with_ray(run_dir, units, probes, settings, address=ray_address,
+                         samples_per_job=samples_per_job, num_gpus=num_gpus, progress=progress)
+    else:
+        for label, name, checkpoints in units:
+            model, tok = (base, tokenizer) if label == "target" else load_model_and_tokenizer(name, dtype="float32")
+            extract_run(run_dir, model_label=label, model_name=name, base_model=model, tokenizer=tok,
+                        checkpoints=checkpoints, probes=probes, settings=settings, progress=progress)
     return summarize_run(run_dir, settings)

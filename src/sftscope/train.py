@@ -69,7 +69,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     report_to: list[str] = field(default_factory=list)
-    checkpoint_every: int = 8
+    checkpoint_every: int = 16
     eval_train_examples: int = 64
     max_length: int = 256
     trust_remote_code: bool = False

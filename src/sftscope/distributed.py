@@ -1,0 +1,96 @@
+"""Fan extraction jobs out over a Ray cluster (many GPUs or machines).
+
+A job is one model checkpoint and a batch of probe samples: the worker loads
+the checkpoint once, extracts its samples and writes each unit's Parquet file
+itself, in the run folder's usual layout, so resume and the serial path keep
+working. A job whose worker dies or raises is retried (``max_retries``); jobs
+that still fail are reported together, never dropped. The run folder must be
+reachable from every worker (a shared filesystem on a multi-machine cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from .errors import SftscopeError
+
+log = logging.getLogger(__name__)
+
+_MODELS: dict[str, tuple] = {}  # per worker process: base models loaded once
+
+
+def _job_main(run_dir: str, job, probes, settings) -> int:
+    """Runs inside a Ray worker."""
+    import torch  # noqa: PLC0415
+
+    from .analyze import run_job  # noqa: PLC0415
+    from .models import load_model_and_tokenizer  # noqa: PLC0415
+
+    if job.model_name not in _MODELS:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        _MODELS[job.model_name] = load_model_and_tokenizer(job.model_name, dtype="float32", device=device)
+    base, tokenizer = _MODELS[job.model_name]
+    return run_job(run_dir, job, {p.sample: p for p in probes}, settings, base_model=base, tokenizer=tokenizer)
+
+
+def extract_with_ray(
+    run_dir: Path,
+    units: list[tuple[str, str, dict]],
+    probes,
+    settings,
+    *,
+    address: str = "local",
+    samples_per_job: int | None = None,
+    num_gpus: float = 0,
+    num_cpus: float = 1,
+    max_retries: int = 3,
+    progress: Callable | None = None,
+) -> int:
+    """Run every missing unit as Ray jobs; returns the number of units written."""
+    try:
+        import ray  # noqa: PLC0415
+    except ImportError:
+        raise SftscopeError("--ray needs Ray: pip install 'ray[default]'") from None
+    from .analyze import plan_jobs  # noqa: PLC0415
+
+    jobs = [
+        job
+        for label, name, checkpoints in units
+        for job in plan_jobs(run_dir, model_label=label, model_name=name, checkpoints=checkpoints, probes=probes,
+                             samples_per_job=samples_per_job)
+    ]
+    if not jobs:
+        return 0
+    started_here = False
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+        started_here = True
+    try:
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
+                            retry_exceptions=True)(_job_main)
+        probes_ref = ray.put(list(probes))
+        pending = {remote.remote(str(run_dir), job, probes_ref, settings): job for job in jobs}
+        bar = progress(total=len(jobs), desc="extraction jobs (ray)") if progress else None
+        written, failures = 0, []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(done[0])
+            try:
+                written += ray.get(done[0])
+            except Exception as exc:  # noqa: BLE001 - reported below with the job
+                failures.append(f"{job.model_label} step {job.step} samples {','.join(job.samples)}: "
+                                f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}")
+            if bar:
+                bar.update(1)
+        if bar:
+            bar.close()
+        if failures:
+            raise SftscopeError(f"{len(failures)} extraction job(s) failed after {max_retries} retries: "
+                                + "; ".join(failures))
+        return written
+    finally:
+        if started_here:
+            ray.shutdown()
