@@ -66,7 +66,8 @@ def _analyze(args: argparse.Namespace) -> int:
         stage_rule=args.stage_rule, baseline_step=args.baseline_step,
     )
     progress = None if args.quiet else _progress()
-    summary = analyze(args.run_dir, settings, baseline_run=args.baseline_run, progress=progress)
+    summary = analyze(args.run_dir, settings, baseline_run=args.baseline_run, progress=progress,
+                      ray_address=args.ray, samples_per_job=args.samples_per_job, num_gpus=args.gpus_per_job)
     _print_answer(summary)
     print(f"details in {args.run_dir}/analysis/ (summary.json, dynamics.csv, flows.csv, findings.csv)")
     return 0
@@ -87,7 +88,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "run" and args.output_dir:
         config.output_dir = args.output_dir
     say = (lambda _msg: None) if args.quiet else print
-    summary = run(config, progress=None if args.quiet else _progress(), say=say)
+    summary = run(config, progress=None if args.quiet else _progress(), say=say,
+                  ray_address=args.ray, samples_per_job=args.samples_per_job, num_gpus=args.gpus_per_job)
     _print_answer(summary)
     print(f"report: {summary['report']}")
     return 0
@@ -99,6 +101,13 @@ def _progress():
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     return partial(tqdm, leave=False)
+
+
+def _ray_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                        help="fan extraction out over Ray: 'auto' (running cluster), 'local', or an address")
+    parser.add_argument("--samples-per-job", type=int, help="samples per Ray job (default: a checkpoint's all)")
+    parser.add_argument("--gpus-per-job", type=float, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,18 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--tau", type=float, default=0.05)
     an.add_argument("--stage-rule", choices=["crossover", "cumulative"], default="crossover")
     an.add_argument("--quiet", action="store_true", help="no progress bars")
+    _ray_options(an)
     an.set_defaults(func=_analyze)
 
     rn = sub.add_parser("run", help="train target and baseline, analyse, report (each stage resumes)")
     rn.add_argument("config", help="YAML with output_dir, train, baseline, analysis")
     rn.add_argument("--output-dir")
     rn.add_argument("--quiet", action="store_true")
+    _ray_options(rn)
     rn.set_defaults(func=_run)
 
     dm = sub.add_parser("demo", help="the whole pipeline on the embedded models and data, offline")
     dm.add_argument("--out", default="sftscope-demo")
     dm.add_argument("--quick", action="store_true", help="a reduced smoke-test version (minutes)")
     dm.add_argument("--quiet", action="store_true")
+    _ray_options(dm)
     dm.set_defaults(func=_run)
     return parser
 

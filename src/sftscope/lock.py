@@ -26,8 +26,12 @@ def run_lock(folder: str | os.PathLike):
     """Hold ``folder/.sftscope.lock`` while working; a stale lock (dead pid) is taken over.
 
     Re-entrant within one process (the pipeline locks, then analysis locks again).
+    Under ``accelerate launch``/``torchrun`` only rank 0 holds it: the ranks are one run.
     """
     folder = Path(folder)
+    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+        yield
+        return
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     mine = str(os.getpid())

@@ -106,14 +106,19 @@ def _train_stage(config: TrainConfig, run_dir: Path, name: str, say: Callable[[s
     atomic_write(run_dir / "DONE", lambda tmp: Path(tmp).write_text("done\n", encoding="utf-8"))
 
 
-def run(config: RunConfig, *, progress: Callable | None = None, say: Callable[[str], None] = print) -> dict:
-    """Train target (and baseline), analyse, report. Returns the summary."""
+def run(
+    config: RunConfig, *, progress: Callable | None = None, say: Callable[[str], None] = print, **ray_options
+) -> dict:
+    """Train target (and baseline), analyse, report. Returns the summary.
+
+    ``ray_options`` (``ray_address``, ``samples_per_job``, ``num_gpus``) go to ``analyze``.
+    """
     out = Path(config.output_dir)
     with run_lock(out):
-        return _run_locked(config, out, progress, say)
+        return _run_locked(config, out, progress, say, ray_options)
 
 
-def _run_locked(config: RunConfig, out: Path, progress, say) -> dict:
+def _run_locked(config: RunConfig, out: Path, progress, say, ray_options) -> dict:
     from .report import build_report  # noqa: PLC0415
 
     target_dir, baseline_dir = out / "target", out / "baseline"
@@ -123,7 +128,7 @@ def _run_locked(config: RunConfig, out: Path, progress, say) -> dict:
     say("analysis: extracting interactions at every checkpoint")
     summary = analyze(
         target_dir, config.analysis, baseline_run=baseline_dir if config.baseline is not None else None,
-        progress=progress,
+        progress=progress, **ray_options,
     )
     page = build_report(target_dir)
     shutil.copyfile(page, out / "report.html")

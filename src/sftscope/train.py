@@ -233,8 +233,9 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, callbacks: list | 
     with run_lock(out):
         trainer, steps = build_trainer(config, model=model, tokenizer=tokenizer, callbacks=callbacks)
         log.info("training %d steps; checkpoints at %s", steps[-1], steps)
-        trainer.evaluate()  # step 0: the model before SFT
-        trainer.model.save_pretrained(out / "checkpoint-0", safe_serialization=True)
+        trainer.evaluate()  # step 0: the model before SFT (collective under multi-process training)
+        if trainer.is_world_process_zero():
+            trainer.model.save_pretrained(out / "checkpoint-0", safe_serialization=True)
         trainer.train()
     return out
 
