@@ -1,3 +1,5 @@
+import json
+
 import pandas as pd
 import pytest
 
@@ -57,3 +59,11 @@ def test_report_from_the_analysis(tiny_run):
     assert {p.name for p in page.parent.glob("*.png")} == {
         "types.png", "orders.png", "quality.png", "utility.png", "losses.png", "fidelity.png"}
     assert "<mark" in text
+
+
+def test_manifest_lists_the_finished_units(tiny_run):
+    analyze(tiny_run, SETTINGS)
+    manifest = json.loads((tiny_run / "analysis" / "manifest.json").read_text())
+    files = list((tiny_run / "analysis" / "effects").rglob("*.parquet"))
+    assert manifest["count"] == len(files) == len(manifest["complete_units"])
+    assert {(u["model"], u["step"]) for u in manifest["complete_units"]} == {("target", s) for s in (0, 1, 2, 4)}

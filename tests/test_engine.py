@@ -93,3 +93,22 @@ def test_nan_outputs_are_named(tiny_llama, word_tokenizer):
             NanModel(tiny_llama), word_tokenizer, "my flight got cancelled again", "anger",
             n_players=3, selection="first", engine="naive", context="sample 7, step 0",
         )
+
+
+def test_out_of_memory_is_one_line_with_advice(tiny_llama, word_tokenizer):
+    class OomModel(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def get_input_embeddings(self):
+            return self.inner.get_input_embeddings()
+
+        def forward(self, **kw):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    with pytest.raises(SftscopeError, match="out of memory on cpu evaluating 2\\^3 masks.*max_memory_bytes"):
+        extract_interactions(
+            OomModel(tiny_llama), word_tokenizer, "my flight got cancelled again", "anger",
+            n_players=3, selection="first", engine="naive",
+        )

@@ -293,7 +293,22 @@ def summarize_run(run_dir: str | os.PathLike, settings: AnalysisSettings) -> dic
         "settings": asdict(settings),
     }
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1), encoding="utf-8"))
+    write_manifest(run_dir)
     return summary
+
+
+def write_manifest(run_dir) -> dict:
+    """``analysis/manifest.json``: the finished units (model, step, sample), from the files themselves."""
+    root = analysis_dir(run_dir) / "effects"
+    units = sorted(
+        ({"model": p.parts[-3], "step": int(p.parts[-2].split("-")[1]), "sample": p.stem}
+         for p in root.glob("*/step-*/*.parquet")),
+        key=lambda u: (u["model"], u["step"], u["sample"]),
+    )
+    manifest = {"complete_units": units, "count": len(units)}
+    text = json.dumps(manifest, indent=1)
+    atomic_write(analysis_dir(run_dir) / "manifest.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return manifest
 
 
 def analyze(

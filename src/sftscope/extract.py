@@ -110,6 +110,12 @@ def extract_interactions(
         values = runner.values(game)  # engines reject NaN/inf; we add where it happened
     except SftscopeError as exc:
         raise SftscopeError(f"{exc} ({context})" if context and context not in str(exc) else str(exc)) from exc
+    except torch.OutOfMemoryError as exc:
+        where = f" ({context})" if context else ""
+        raise SftscopeError(
+            f"out of memory on {next(model.parameters()).device} evaluating 2^{len(spans)} masks{where}: lower "
+            "max_memory_bytes (prefix engine) or max_batch_tokens (naive engine), or use fewer players"
+        ) from exc
     decomposition = and_or_interactions(values, noise_bound=noise_bound)
     settings = {
         "n_players": len(players),
