@@ -93,12 +93,13 @@ def test_dynamics_table_and_flows():
 def test_stage_rules_on_constructed_trajectories():
     flows = pd.DataFrame({"step": [1, 2, 4, 8, 16, 32], "step_from": [0, 1, 2, 4, 8, 16],
                           "removed": [10, 8, 6, 1, 0, 1], "emerged": [0, 1, 2, 6, 12, 20]})
-    assert stage_boundary(flows) == 4  # from step 4 on, emergence outpaces removal
+    assert stage_boundary(flows, StageRule("crossover")) == 4  # from step 4 on, emergence outpaces removal
     assert stage_boundary(flows, StageRule("cumulative", 0.9)) == 4  # 24 of 26 removals by step 4
     assert stage_boundary(flows, StageRule("cumulative", 0.95)) == 8  # 25 of 26 by step 8
     assert stage_boundary(flows, StageRule("cumulative", 0.5)) == 2
     never = flows.assign(emerged=0)
-    assert stage_boundary(never) == 32
+    assert stage_boundary(never, StageRule("crossover")) == 32  # never crosses: denoising not over
+    assert StageRule().kind == "cumulative"
     with pytest.raises(SftscopeError):
         stage_boundary(flows.iloc[:0])
 

@@ -44,7 +44,7 @@ class AnalysisSettings:
     noise_bound: float = 0.02
     baseline: str = "mean"
     engine: str = "auto"
-    stage_rule: str = "crossover"
+    stage_rule: str = "cumulative"
     stage_fraction: float = 0.9
     baseline_step: int | None = None
 
@@ -271,6 +271,10 @@ def summarize_run(run_dir: str | os.PathLike, settings: AnalysisSettings) -> dic
     table = summarize(per_sample)
     flows = interval_flows(target, tau=settings.tau, mode=settings.salience)
     boundary = stage_boundary(flows, StageRule(settings.stage_rule, settings.stage_fraction))
+    by_rule = {
+        "cumulative": stage_boundary(flows, StageRule("cumulative", settings.stage_fraction)),
+        "crossover": stage_boundary(flows, StageRule("crossover")),
+    }
     steps = sorted(int(s) for s in target["step"].unique())
     losses = pd.DataFrame(read_losses(run_dir))
     gap = losses.assign(gap=losses["test_loss"] - losses["train_loss"]).set_index("step")["gap"]
@@ -284,6 +288,7 @@ def summarize_run(run_dir: str | os.PathLike, settings: AnalysisSettings) -> dic
     summary = {
         "recommended_step": boundary,
         "stage_boundary_step": boundary,
+        "stage_boundary_by_rule": by_rule,
         "min_test_loss_step": int(losses.loc[losses["test_loss"].idxmin(), "step"]),
         "loss_gap": {int(k): float(v) for k, v in gap.items()},
         "corr_emerged_vs_loss_gap": corr,

@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--players", type=int, default=8)
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--tau", type=float, default=0.05)
-    an.add_argument("--stage-rule", choices=["crossover", "cumulative"], default="crossover")
+    an.add_argument("--stage-rule", choices=["cumulative", "crossover"], default="cumulative")
     an.add_argument("--quiet", action="store_true", help="no progress bars")
     _ray_options(an)
     an.set_defaults(func=_analyze)

@@ -266,13 +266,15 @@ def interval_flows(effects: pd.DataFrame, **options) -> pd.DataFrame:
 class StageRule:
     """When the denoising stage ends.
 
-    ``crossover`` (default): the first checkpoint after which the removal rate
-    (removed per step, over the next interval) falls below the emergence rate.
-    ``cumulative``: the first checkpoint where cumulative removals reach
-    ``fraction`` of their final count.
+    ``cumulative`` (default): the first checkpoint where cumulative removals
+    reach ``fraction`` of their final count: removal has saturated.
+    ``crossover``: the first checkpoint after which the removal rate (removed
+    per step over the next interval) falls below the emergence rate. It fires
+    at the first active interval when emergences outnumber removals from the
+    start, as on our embedded demo, which is why it is not the default.
     """
 
-    kind: Literal["crossover", "cumulative"] = "crossover"
+    kind: Literal["crossover", "cumulative"] = "cumulative"
     fraction: float = 0.9
 
 

@@ -61,6 +61,7 @@ class InteractionMonitor(TrainerCallback):
         self.players = None
         self.frames: list[pd.DataFrame] = []
         self.boundary: int | None = None
+        self.history: list[int | None] = []
         self.stopped_at: int | None = None
         self.trainer = None
 
@@ -108,11 +109,16 @@ class InteractionMonitor(TrainerCallback):
                 "interactions/removed_total": float(flows["removed"].sum()),
             }
             boundary = detect_boundary(flows, self.rule)
+            self.history.append(boundary)
             if boundary is not None:
                 self.boundary = boundary
                 metrics["interactions/stage_boundary"] = float(boundary)
                 after = sorted(s for s in effects["step"].unique() if s > boundary)
-                stop = self.stop_early and len(after) >= self.patience
+                # Live, the boundary is computed on the removals so far: trust it once it has
+                # stayed put for `patience` more checkpoints.
+                recent = self.history[-(self.patience + 1):]
+                stable = len(recent) == self.patience + 1 and all(b == boundary for b in recent)
+                stop = self.stop_early and len(after) >= self.patience and (stable or self.patience == 0)
         return metrics, stop
 
     def _run(self, args, state, control, model) -> None:
