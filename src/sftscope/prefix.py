@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import logging
 import os
 
 import numpy as np
 import torch
-from transformers.cache_utils import DynamicLayer
 
 from .errors import SftscopeError
 from .game import MaskedGame, check_finite, log_odds
@@ -108,7 +106,8 @@ class PrefixEngine:
     def _max_rows(self, total_len: int, block_len: int, dtype: torch.dtype) -> int:
         config = _text_config(self.model)
         width = config.hidden_size
-        per_row = total_len * _bytes_per_cached_token(self.model, dtype)
+        # this branch's cache, plus its ancestors' kept alive while we walk (a geometric series: x2)
+        per_row = 2 * total_len * _bytes_per_cached_token(self.model, dtype)
         # activations of one block: a few hidden-size and MLP-size tensors per token, plus last-token logits
         inter = getattr(config, "intermediate_size", 4 * width)
         per_row += block_len * (8 * width + 3 * inter) * torch.finfo(dtype).bits // 8
@@ -176,39 +175,15 @@ class PrefixEngine:
 
 
 def _branch(cache, first: int, count: int):
-    """A cache for rows ``first .. first + count`` of ``cache``, each row twice (absent, present).
+    """A cache holding rows ``first .. first + count`` of ``cache``, each twice (absent, present).
 
-    ``cache`` itself is untouched. Plain dynamic layers get a fused update that
-    writes the doubled prefix and the new block into one buffer (one copy
-    instead of repeat + concatenate); other layer kinds use their own update.
+    One gather per layer; ``cache`` itself is untouched, so sibling groups can branch from it too.
     """
     branch = copy.copy(cache)
     branch.layers = [copy.copy(layer) for layer in cache.layers]
-    rows = torch.arange(first, first + count).repeat_interleave(2)
-    for layer in branch.layers:
-        if getattr(layer, "keys", None) is None or not layer.keys.numel():
-            continue
-        if type(layer) is DynamicLayer:
-            layer.update = functools.partial(
-                _doubled_update, layer, layer.keys[first : first + count], layer.values[first : first + count]
-            )
-        else:
-            layer.keys = layer.keys.index_select(0, rows.to(layer.keys.device))
-            layer.values = layer.values.index_select(0, rows.to(layer.values.device))
+    for layer in branch.layers:  # re-bind, never write in place
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            rows = torch.arange(first, first + count, device=layer.keys.device).repeat_interleave(2)
+            layer.keys = layer.keys.index_select(0, rows)
+            layer.values = layer.values.index_select(0, rows)
     return branch
-
-
-def _doubled_update(layer, prefix_keys, prefix_values, key_states, value_states, *args, **kwargs):
-    """``DynamicLayer.update`` for a prefix whose rows are each repeated twice."""
-    del layer.update  # later blocks use the class's own update
-    layer.keys = _doubled_concat(prefix_keys, key_states)
-    layer.values = _doubled_concat(prefix_values, value_states)
-    return layer.keys, layer.values
-
-
-def _doubled_concat(prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    rows, heads, length, dim = new.shape
-    out = torch.empty(rows, heads, prefix.shape[2] + length, dim, dtype=new.dtype, device=new.device)
-    out.view(rows // 2, 2, heads, -1, dim)[:, :, :, : prefix.shape[2]] = prefix.unsqueeze(1)
-    out[:, :, prefix.shape[2] :] = new
-    return out
