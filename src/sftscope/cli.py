@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .errors import SftscopeError
@@ -51,6 +52,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.output_dir:
         config.output_dir = args.output_dir
     run = train(config)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun/accelerate, rank 0 reports
+        return 0
     print(f"run folder: {run}")
     print("step  train_loss  test_loss")
     for row in read_losses(run):

@@ -12,8 +12,9 @@ with the in-memory model, logs ``interactions/*`` metrics (removed and emerged
 counts, stage boundary), and with ``stop_early=True`` stops training
 ``patience`` checkpoints after the stage boundary is detected.
 
-Multi-process training: only rank 0 extracts; its stop decision is broadcast
-to every rank (``torch.distributed``), so all ranks stop at the same step.
+Multi-process training: only rank 0 extracts; its metrics and stop decision
+are broadcast to every rank (``torch.distributed``), so all ranks log the same
+and stop at the same step.
 """
 
 from __future__ import annotations
@@ -130,9 +131,9 @@ class InteractionMonitor(TrainerCallback):
         if state.is_world_process_zero:
             self._extract(model, step)
             metrics, stop = self._decide(step)
-        stop = _shared_decision(stop)
-        if metrics and self.trainer is not None and state.is_world_process_zero:
-            self.trainer.log(metrics)
+        metrics, stop = _from_rank_zero((metrics, stop))
+        if metrics and self.trainer is not None:
+            self.trainer.log(metrics)  # on every rank: the trainer's own logging may hold collectives
         elif metrics:
             log.info("step %d: %s", step, metrics)
         if stop:
@@ -150,13 +151,12 @@ class InteractionMonitor(TrainerCallback):
         return control
 
 
-def _shared_decision(stop: bool) -> bool:
-    """Rank 0's decision, the same on every rank."""
-    import torch  # noqa: PLC0415
+def _from_rank_zero(value):
+    """Rank 0's value (metrics and stop decision), the same on every rank."""
     import torch.distributed as dist  # noqa: PLC0415
 
     if not (dist.is_available() and dist.is_initialized()):
-        return stop
-    flag = torch.tensor([1 if stop else 0], device="cuda" if torch.cuda.is_available() else "cpu")
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
