@@ -107,3 +107,13 @@ def test_stage_rules_on_constructed_trajectories():
 def test_missing_columns_are_named():
     with pytest.raises(SftscopeError, match="lacks columns: bitmask"):
         encoded(pd.DataFrame({"sample": [], "step": [], "kind": [], "order": [], "effect": []}))
+
+
+def test_order_table_pools_samples():
+    from sftscope.dynamics import order_table
+
+    spec = {("a", 0): {("AND", 1): 1.0, ("AND", 3): -0.5}, ("b", 0): {("AND", 1): 2.0, ("OR", 6): 0.5}}
+    table = order_table(effects_frame(spec))
+    preserved = table[(table.step == 0) & (table.type == "preserved")].set_index("order")
+    assert preserved.loc[1, "strength_pos"] == 3.0 and preserved.loc[1, "count_pos"] == 2  # same key, two samples
+    assert preserved.loc[2, "strength_neg"] == 0.5 and preserved.loc[2, "strength_pos"] == 0.5

@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 
 from .data import Pair
-from .dynamics import StageRule, dynamics_table, interval_flows, stage_boundary, summarize, type_utility
+from .dynamics import (
+    StageRule, dynamics_table, interval_flows, order_table, stage_boundary, summarize, type_utility,
+)
 from .errors import SftscopeError
 from .interactions import atomic_write
 from .lock import run_lock
@@ -283,7 +285,9 @@ def summarize_run(run_dir: str | os.PathLike, settings: AnalysisSettings) -> dic
     corr = float(np.corrcoef(emerged_total[common], gap[common])[0, 1]) if len(common) > 2 else float("nan")
     found = findings(table, flows, boundary, steps[-1])
     out = analysis_dir(run_dir)
-    for name, frame in (("dynamics", table), ("flows", flows), ("findings", found), ("per_sample", per_sample)):
+    orders = order_table(target, tau=settings.tau, mode=settings.salience)
+    for name, frame in (("dynamics", table), ("flows", flows), ("findings", found), ("per_sample", per_sample),
+                        ("orders", orders)):
         atomic_write(out / f"{name}.csv", lambda tmp, f=frame: f.to_csv(tmp, index=False))
     summary = {
         "recommended_step": boundary,

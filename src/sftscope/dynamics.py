@@ -238,6 +238,24 @@ def summarize(per_sample: pd.DataFrame) -> pd.DataFrame:
     return per_sample.groupby(["split", "step", "type"], as_index=False)[numeric].mean()
 
 
+def order_table(effects: pd.DataFrame, **options) -> pd.DataFrame:
+    """Eq. 8 pooled over samples: per (step, type, order) strengths and counts, positive and negative."""
+    enc = encoded(effects, **options)
+    steps = all_steps(effects)
+    omegas = omegas_by_sample(enc)
+    complete_omegas(omegas, steps)
+    max_order = int(_with_defaults(effects)["order"].max())
+    pooled: dict[tuple[int, str], dict] = {}
+    for (split, sample), per_step in omegas.items():
+        for types in sample_types(per_step):
+            for name in TYPES:
+                bucket = pooled.setdefault((types.step, name), {})
+                bucket.update({(k, m, split, sample): v for (k, m), v in getattr(types, name).items()})
+    frames = [order_distribution(inter, max_order).assign(step=step, type=name) for (step, name), inter in pooled.items()]
+    return pd.concat(frames, ignore_index=True)[["step", "type", "order", "strength_pos", "strength_neg",
+                                                 "count_pos", "count_neg"]]
+
+
 def interval_flows(effects: pd.DataFrame, **options) -> pd.DataFrame:
     """Per interval (t_prev, t]: count and strength newly emerged and newly removed, summed over samples."""
     enc = encoded(effects, **options)

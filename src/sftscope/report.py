@@ -60,18 +60,16 @@ def figure_types(dynamics: pd.DataFrame, boundary: int, out: Path) -> Path:
     return _save(fig, out / "types.png")
 
 
-def figure_orders(per_type: dict[str, dict], out: Path, n_players: int) -> Path:
-    """Order distributions pooled over samples; keys are (kind, mask, sample)."""
+def figure_orders(orders: pd.DataFrame, step: int, out: Path) -> Path:
+    """Order distributions of each type at ``step``, pooled over samples (analysis/orders.csv)."""
     plt = _plt()
-    from .dynamics import order_distribution  # noqa: PLC0415
-
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
     for ax, name in zip(axes, ("preserved", "removed", "emerged")):
-        dist = order_distribution(per_type.get(name, {}), n_players)
+        dist = orders[(orders["step"] == step) & (orders["type"] == name)]
         ax.bar(dist["order"], dist["strength_pos"], color=COLORS[name])
         ax.bar(dist["order"], -dist["strength_neg"], color=COLORS[name], alpha=0.5)
         ax.axhline(0, color="black", lw=0.6)
-        ax.set_title(f"{name}: strength by order")
+        ax.set_title(f"{name} at step {step}: strength by order")
         ax.set_xlabel("order (number of words)")
     axes[0].set_ylabel("positive up, negative down")
     return _save(fig, out / "orders.png")
@@ -170,7 +168,6 @@ def _top_table(unit: pd.DataFrame, k: int = 6) -> str:
 def build_report(run_dir: str | os.PathLike) -> Path:
     """Write the figures and ``report/index.html``; returns the HTML path."""
     from .analyze import analysis_dir, load_effects, load_probes  # noqa: PLC0415
-    from .dynamics import complete_omegas, encoded, omegas_by_sample, sample_types  # noqa: PLC0415
     from .train import read_losses  # noqa: PLC0415
 
     run_dir = Path(run_dir)
@@ -189,22 +186,10 @@ def build_report(run_dir: str | os.PathLike) -> Path:
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
 
-    # pooled types at the last checkpoint, for the order distributions
-    settings = summary["settings"]
-    enc = encoded(target, tau=settings["tau"], mode=settings["salience"])
-    omegas = omegas_by_sample(enc)
-    complete_omegas(omegas, steps)
-    pooled: dict[str, dict] = {"preserved": {}, "removed": {}, "emerged": {}}
-    for (split, sample), per_step in omegas.items():
-        final = sample_types(per_step)[-1]
-        for name in pooled:
-            for (kind, mask), value in getattr(final, name).items():
-                pooled[name][(kind, mask, sample)] = value
-    n_players = int(target["order"].max())
     first_unit = target[(target["step"] == last) & (target["sample"] == probes[0].sample)]
     figures = [
         figure_types(dynamics, boundary, out),
-        figure_orders(pooled, out, n_players),
+        figure_orders(pd.read_csv(adir / "orders.csv"), last, out),
         figure_quality(dynamics, boundary, out),
         figure_utility(summary["utility_cross_entropy"], out),
         figure_losses(losses, summary["recommended_step"], summary["min_test_loss_step"], out),
