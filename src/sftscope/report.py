@@ -111,7 +111,9 @@ def figure_losses(losses: pd.DataFrame, recommended: int, min_test: int, out: Pa
     ax.axvline(recommended, color="#1b7837", ls="--", label=f"recommended (step {recommended})")
     ax.axvline(min_test, color="gray", ls=":", label=f"min test loss (step {min_test})")
     ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(left=0)
     ax.set_xlabel("SFT step")
+    ax.set_ylabel("loss on the response tokens")
     ax.legend(fontsize=8)
     return _save(fig, out / "losses.png")
 
