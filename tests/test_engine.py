@@ -74,41 +74,41 @@ def test_bad_spans_are_rejected():
         MaskedGame(IDS, ((20, 30),), 1)
 
 
+class Broken(torch.nn.Module):
+    """A model whose forward pass goes wrong in a chosen way."""
+
+    def __init__(self, inner, forward):
+        super().__init__()
+        self.inner, self.config, self._forward = inner, inner.config, forward
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, **kw):
+        return self._forward(self.inner, **kw)
+
+
+def nan_outputs(inner, **kw):
+    out = inner(**kw)
+    out.logits = out.logits * float("nan")
+    return out
+
+
+def out_of_memory(inner, **kw):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
 def test_nan_outputs_are_named(tiny_llama, word_tokenizer):
-    class NanModel(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.config = inner, inner.config
-
-        def get_input_embeddings(self):
-            return self.inner.get_input_embeddings()
-
-        def forward(self, **kw):
-            out = self.inner(**kw)
-            out.logits = out.logits * float("nan")
-            return out
-
     with pytest.raises(SftscopeError, match="NaN/inf.*sample 7"):
         extract_interactions(
-            NanModel(tiny_llama), word_tokenizer, "my flight got cancelled again", "anger",
+            Broken(tiny_llama, nan_outputs), word_tokenizer, "my flight got cancelled again", "anger",
             n_players=3, selection="first", engine="naive", context="sample 7, step 0",
         )
 
 
 def test_out_of_memory_is_one_line_with_advice(tiny_llama, word_tokenizer):
-    class OomModel(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.config = inner, inner.config
-
-        def get_input_embeddings(self):
-            return self.inner.get_input_embeddings()
-
-        def forward(self, **kw):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
     with pytest.raises(SftscopeError, match="out of memory on cpu evaluating 2\\^3 masks.*max_memory_bytes"):
         extract_interactions(
-            OomModel(tiny_llama), word_tokenizer, "my flight got cancelled again", "anger",
+            Broken(tiny_llama, out_of_memory), word_tokenizer, "my flight got cancelled again", "anger",
             n_players=3, selection="first", engine="naive",
         )

@@ -24,13 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from .analyze import AnalysisSettings, analyze
 from .errors import SftscopeError
 from .interactions import atomic_write
 from .lock import run_lock
-from .train import TrainConfig, _build, train
+from .train import TrainConfig, _build, read_yaml, train
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +68,7 @@ def run_config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfi
 
 
 def load_run_config(path: str | os.PathLike) -> RunConfig:
-    path = Path(path)
-    if not path.exists():
-        raise SftscopeError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SftscopeError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
-    return run_config_from_dict(raw or {}, str(path))
+    return run_config_from_dict(read_yaml(path), str(path))
 
 
 def baseline_config(config: RunConfig) -> TrainConfig:

@@ -137,7 +137,8 @@ def _check_type(value, default, key: str):
     return value
 
 
-def load_config(path: str | os.PathLike) -> TrainConfig:
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML mapping from a file, with one-line errors for a missing or malformed file."""
     path = Path(path)
     if not path.exists():
         raise SftscopeError(f"config file not found: {path}")
@@ -145,7 +146,11 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise SftscopeError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
-    return config_from_dict(raw or {}, str(path))
+    return raw or {}
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    return config_from_dict(read_yaml(path), str(path))
 
 
 def save_config(config: TrainConfig, path: Path) -> None:
