@@ -117,3 +117,22 @@ def test_order_table_pools_samples():
     preserved = table[(table.step == 0) & (table.type == "preserved")].set_index("order")
     assert preserved.loc[1, "strength_pos"] == 3.0 and preserved.loc[1, "count_pos"] == 2  # same key, two samples
     assert preserved.loc[2, "strength_neg"] == 0.5 and preserved.loc[2, "strength_pos"] == 0.5
+
+
+def test_early_and_late_emerged_split_at_the_boundary():
+    from sftscope.analyze import AnalysisSettings, early_late_quality, final_types
+
+    spec = {("s", 0): {("AND", 1): 1.0, ("AND", 6): 0.5},
+            ("s", 4): {("AND", 1): 1.0, ("AND", 2): 0.8},                     # AND 2 emerges early
+            ("s", 8): {("AND", 1): 1.0, ("AND", 2): 0.9, ("AND", 12): 0.4, ("OR", 12): -0.4}}  # late pair cancels
+    target = effects_frame(spec)
+    base = effects_frame({("s", 9): {("AND", 2): 0.3}}, model="baseline")
+    effects = pd.concat([target, base])
+    types = final_types(effects, boundary=4, settings=AnalysisSettings())
+    sets = types[("train", "s")]
+    assert set(sets["early_emerged"]) == {("AND", 2)}
+    assert set(sets["late_emerged"]) == {("AND", 12), ("OR", 12)}
+    assert set(sets["removed"]) == {("AND", 6)} and set(sets["preserved"]) == {("AND", 1)}
+    quality = early_late_quality(effects, types, AnalysisSettings())
+    assert quality["early_emerged"] == {"r_gen": 1.0, "rho": 1.0}
+    assert quality["late_emerged"] == {"r_gen": 0.0, "rho": 0.0}

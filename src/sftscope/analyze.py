@@ -198,34 +198,66 @@ def extract_run(
 # --------------------------------------------------------------------------- summary
 
 
-def utilities(effects: pd.DataFrame, per_sample: pd.DataFrame, boundary: int, settings: AnalysisSettings) -> dict:
-    """Eq. 11 on test samples: cross-entropy of the target from each type alone, at the last checkpoint."""
+def final_types(effects: pd.DataFrame, boundary: int, settings: AnalysisSettings) -> dict:
+    """Per (split, sample): the types at the last checkpoint, emerged split at the boundary.
+
+    Early-emerged = emerged by the boundary and still emerged at the end; late = the rest.
+    """
     from .dynamics import complete_omegas, encoded, omegas_by_sample, sample_types  # noqa: PLC0415
 
     target = effects[effects["model"] == "target"]
-    enc = encoded(target, tau=settings.tau, mode=settings.salience)
-    steps = sorted(target["step"].unique())
-    omegas = omegas_by_sample(enc)
-    complete_omegas(omegas, [int(s) for s in steps])
-    last = int(steps[-1])
-    bias = target[(target["order"] == 0) & (target["step"] == last)].groupby("sample")["effect"].sum()
-    bias0 = target[(target["order"] == 0) & (target["step"] == steps[0])].groupby("sample")["effect"].sum()
-    losses = {"preserved": [], "removed": [], "early_emerged": [], "late_emerged": []}
-    for (split, sample), per_step in omegas.items():
-        if split != "test":
-            continue
+    steps = sorted(int(s) for s in target["step"].unique())
+    omegas = omegas_by_sample(encoded(target, tau=settings.tau, mode=settings.salience))
+    complete_omegas(omegas, steps)
+    out = {}
+    for key, per_step in omegas.items():
         seq = {t.step: t for t in sample_types(per_step)}
-        final, at_boundary = seq[last], seq[max(s for s in seq if s <= boundary)]
-        early = {k: v for k, v in final.emerged.items() if k in at_boundary.emerged}
-        late = {k: v for k, v in final.emerged.items() if k not in at_boundary.emerged}
-        losses["preserved"].append(type_utility(bias[sample], final.preserved))
-        losses["removed"].append(type_utility(bias0[sample], final.removed))
-        losses["early_emerged"].append(type_utility(bias[sample], early))
-        losses["late_emerged"].append(type_utility(bias[sample], late))
+        final, at_boundary = seq[steps[-1]], seq[max(s for s in seq if s <= boundary)]
+        out[key] = {
+            "preserved": final.preserved,
+            "removed": final.removed,
+            "early_emerged": {k: v for k, v in final.emerged.items() if k in at_boundary.emerged},
+            "late_emerged": {k: v for k, v in final.emerged.items() if k not in at_boundary.emerged},
+        }
+    return out
+
+
+def utilities(effects: pd.DataFrame, types: dict, settings: AnalysisSettings) -> dict:
+    """Eq. 11 on test samples: cross-entropy of the target from each type alone, at the last checkpoint.
+
+    Removed interactions are scored with the pre-SFT bias (their effects are from t_0).
+    """
+    target = effects[effects["model"] == "target"]
+    steps = sorted(target["step"].unique())
+    bias = target[(target["order"] == 0) & (target["step"] == steps[-1])].groupby("sample")["effect"].sum()
+    bias0 = target[(target["order"] == 0) & (target["step"] == steps[0])].groupby("sample")["effect"].sum()
+    losses = {name: [] for name in ("preserved", "removed", "early_emerged", "late_emerged")}
+    for (split, sample), sets in types.items():
+        if split == "test":
+            for name in losses:
+                losses[name].append(type_utility((bias0 if name == "removed" else bias)[sample], sets[name]))
     return {k: float(np.mean(v)) if v else float("nan") for k, v in losses.items()}
 
 
-def findings(summary_table: pd.DataFrame, flows: pd.DataFrame, boundary: int, last: int) -> pd.DataFrame:
+def early_late_quality(effects: pd.DataFrame, types: dict, settings: AnalysisSettings) -> dict:
+    """Mean r_gen (vs the baseline model at its checkpoint) and rho of early- and late-emerged sets."""
+    from .dynamics import _baseline_sets, encoded, generalizability, uncancelled_ratio  # noqa: PLC0415
+
+    has_baseline = (effects["model"] == "baseline").any()
+    base = _baseline_sets(effects, encoded(effects, tau=settings.tau, mode=settings.salience),
+                          "baseline" if has_baseline else None, settings.baseline_step)
+    out = {}
+    for name in ("early_emerged", "late_emerged"):
+        sets = [(key, s[name]) for key, s in types.items() if s[name]]
+        gens = [generalizability(inter, base.get(key, {}))[0] for key, inter in sets] if has_baseline else []
+        out[name] = {
+            "r_gen": float(np.mean(gens)) if gens else float("nan"),
+            "rho": float(np.mean([uncancelled_ratio(list(inter.values())) for _, inter in sets])) if sets else float("nan"),
+        }
+    return out
+
+
+def findings(summary_table: pd.DataFrame, flows: pd.DataFrame, boundary: int, last: int, emerged: dict) -> pd.DataFrame:
     """The paper's five findings, measured on this run (mean over all probe samples)."""
     def at(step, type_, column):
         rows = summary_table[(summary_table["step"] == step) & (summary_table["type"] == type_)]
@@ -235,9 +267,8 @@ def findings(summary_table: pd.DataFrame, flows: pd.DataFrame, boundary: int, la
     second = flows[flows["step"] > boundary]
     em1, em2 = int(first["emerged"].sum()), int(second["emerged"].sum())
     rm1, rm2 = int(first["removed"].sum()), int(second["removed"].sum())
-    # early-emerged = emerged at the boundary; late ones are judged at the last checkpoint
-    early_gen, late_gen = at(boundary, "emerged", "r_gen"), at(last, "emerged", "r_gen")
-    early_rho, late_rho = at(boundary, "emerged", "rho"), at(last, "emerged", "rho")
+    early_gen, late_gen = emerged["early_emerged"]["r_gen"], emerged["late_emerged"]["r_gen"]
+    early_rho, late_rho = emerged["early_emerged"]["rho"], emerged["late_emerged"]["rho"]
     rem = {c: at(last, "removed", c) for c in ("mean_order", "r_gen", "rho")}
     pre = {c: at(last, "preserved", c) for c in ("mean_order", "r_gen", "rho", "count")}
     emg = {c: at(last, "emerged", c) for c in ("mean_order", "r_gen", "rho", "count")}
@@ -283,7 +314,9 @@ def summarize_run(run_dir: str | os.PathLike, settings: AnalysisSettings) -> dic
     emerged_total = table[table["type"] == "emerged"].groupby("step")["count"].mean()
     common = [s for s in emerged_total.index if s in gap.index]
     corr = float(np.corrcoef(emerged_total[common], gap[common])[0, 1]) if len(common) > 2 else float("nan")
-    found = findings(table, flows, boundary, steps[-1])
+    types = final_types(effects, boundary, settings)
+    emerged = early_late_quality(effects, types, settings)
+    found = findings(table, flows, boundary, steps[-1], emerged)
     out = analysis_dir(run_dir)
     orders = order_table(target, tau=settings.tau, mode=settings.salience)
     for name, frame in (("dynamics", table), ("flows", flows), ("findings", found), ("per_sample", per_sample),
@@ -296,7 +329,8 @@ def summarize_run(run_dir: str | os.PathLike, settings: AnalysisSettings) -> dic
         "min_test_loss_step": int(losses.loc[losses["test_loss"].idxmin(), "step"]),
         "loss_gap": {int(k): float(v) for k, v in gap.items()},
         "corr_emerged_vs_loss_gap": corr,
-        "utility_cross_entropy": utilities(effects, per_sample, boundary, settings),
+        "utility_cross_entropy": utilities(effects, types, settings),
+        "early_late_emerged": emerged,
         "findings": found.to_dict("records"),
         "checkpoints": steps,
         "settings": asdict(settings),
