@@ -90,6 +90,57 @@ def test_solver_reaches_the_lp_optimum(n, rng):
     assert result.objective >= optimum * (1 - 1e-6) - 1e-9  # cannot beat the optimum of the same problem
 
 
+@pytest.mark.parametrize("method", ["rowgen", "simplex", "ipm"])
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_every_method_reaches_the_lp_optimum(method, kind, rng):
+    # dense: white noise, every coefficient needed; sparse: few interactions + noise inside the bound
+    n = 8
+    size = 1 << n
+    if kind == "dense":
+        values = rng.standard_normal(size) * 2
+    else:
+        masks = np.arange(size)
+        values = 3.0 * ((masks & 0b11) == 0b11) - 2.0 * ((masks & 0b10100) != 0) + 0.01 * rng.standard_normal(size)
+    result = and_or_interactions(values, method=method)
+    optimum = lp_optimum(values, 0.02)
+    assert optimum * (1 - 1e-6) - 1e-9 <= result.objective <= optimum * 1.01 + 1e-9
+    assert result.matching_error < 1e-9
+
+
+def test_row_generation_falls_back_to_the_interior_point_method(rng, monkeypatch):
+    from sftscope import decompose
+
+    values = rng.standard_normal(1 << 8) * 2  # dense: row generation needs thousands of pivots
+    assert decompose._solve_rowgen(values, 0.05, iteration_budget=20) is None
+    calls = []
+    full = decompose._solve_full
+    monkeypatch.setattr(decompose, "_solve_full", lambda v, e, solver: calls.append(solver) or full(v, e, solver))
+    result = and_or_interactions(values, method="auto")
+    assert calls == ["ipm"]  # 2^n pivots were not enough
+    assert result.objective <= lp_optimum(values, 0.02) * 1.01
+
+
+def test_row_generation_needs_few_masks_on_a_sparse_game(rng, monkeypatch):
+    from sftscope import decompose
+
+    n = 9
+    masks = np.arange(1 << n)
+    values = 2.0 * ((masks & 0b11) == 0b11) + 1.5 * ((masks & 0b1100000) != 0) + 0.01 * rng.standard_normal(1 << n)
+    added = []
+    add_rows = decompose._add_rows
+    monkeypatch.setattr(decompose, "_add_rows", lambda h, m, rows, v, e: added.append(len(rows)) or add_rows(h, m, rows, v, e))
+    sparse_result = and_or_interactions(values, method="rowgen")
+    assert sum(added) < (1 << n) // 2
+    ipm_result = and_or_interactions(values, method="ipm")
+    assert sparse_result.objective == pytest.approx(ipm_result.objective, rel=1e-6)
+    assert {(i.kind, i.mask) for i in sparse_result.salient()} == {(i.kind, i.mask) for i in ipm_result.salient()}
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(SftscopeError, match="unknown AND-OR solver method 'newton'"):
+        and_or_interactions(np.zeros(4), method="newton")
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_universal_matching_on_random_games(seed):
     rng = np.random.default_rng(seed)
