@@ -29,6 +29,44 @@ def test_prefix_engine_equals_naive(arch, layout, request):
     assert prefix_engine.tokens_computed == floor_tokens(game) < len(IDS) << game.n_players
 
 
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma"])
+def test_batch_of_samples_of_different_lengths_equals_one_at_a_time(arch, request):
+    model = request.getfixturevalue(arch)
+    baseline = baseline_vector(model, None, "mean")
+    # three players each; one sample starts with a player (no background), lengths 24, 17 and 30
+    games = [
+        MaskedGame(IDS, ((0, 1), (3, 4), (9, 11)), target_id=7),
+        MaskedGame(tuple(range(40, 57)), ((4, 6), (6, 7), (12, 13)), target_id=11),
+        MaskedGame(tuple(range(3, 33)), ((10, 11), (20, 22), (27, 30)), target_id=5),
+    ]
+    engine = PrefixEngine(model, baseline)
+    together = engine.values_batch(games)
+    naive = NaiveEngine(model, baseline)
+    for game, values in zip(games, together):
+        np.testing.assert_allclose(values, naive.values(game), atol=1e-4)
+    # padding is computed but never read; the real positions are exactly the floor
+    assert engine.tokens_computed == sum(floor_tokens(g) for g in games)
+    tight = PrefixEngine(model, baseline, max_memory_bytes=1).values_batch(games)
+    for a, b in zip(tight, together):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_batch_needs_one_number_of_players(tiny_llama):
+    baseline = baseline_vector(tiny_llama, None, "zeros")
+    games = [MaskedGame(IDS, ((1, 2), (5, 6)), target_id=3), MaskedGame(IDS, ((1, 2),), target_id=3)]
+    with pytest.raises(SftscopeError, match="same number of players; got \\[1, 2\\]"):
+        PrefixEngine(tiny_llama, baseline).values_batch(games)
+
+
+def test_model_without_the_attention_interface_is_refused(tiny_llama):
+    import copy
+
+    model = copy.deepcopy(tiny_llama)
+    model._supports_attention_backend = False
+    with pytest.raises(SftscopeError, match="use engine='naive'"):
+        PrefixEngine(model, baseline_vector(model, None, "zeros"))
+
+
 def test_prefix_engine_memory_budget_splits_without_changing_values(tiny_llama):
     game = MaskedGame(IDS, SPAN_LAYOUTS["multi_token"], target_id=3)
     baseline = baseline_vector(tiny_llama, None, "zeros")

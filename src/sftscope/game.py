@@ -4,10 +4,10 @@ Masking replaces the input embeddings of every token of a masked player with
 a baseline vector. Two engines compute the same values:
 
 - ``NaiveEngine`` runs every masked prompt in full, in batches (the reference);
-- ``PrefixEngine`` (``prefix.py``) shares the key/value cache of common
-  prefixes across masks.
+- ``PrefixEngine`` (``prefix.py``) computes each common prefix once and lets
+  every mask below it attend to it in place.
 
-Both implement ``GameEngine.values(game, masks)``.
+Both implement ``GameEngine.values(game, masks)`` and ``values_batch(games)``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class GameEngine(Protocol):
     """Computes ``v(S)`` for the given bitmasks of one game."""
 
     def values(self, game: MaskedGame, masks: np.ndarray | None = None) -> np.ndarray: ...
+
+    def values_batch(self, games: Sequence[MaskedGame]) -> list[np.ndarray]: ...
 
 
 def baseline_vector(model, tokenizer=None, kind: BaselineKind = "mean") -> torch.Tensor:
@@ -138,3 +140,7 @@ class NaiveEngine:
             out[start : start + len(chunk)] = log_odds(logits, game.target_id).double().cpu().numpy()
             self.tokens_computed += len(chunk) * length
         return check_finite(out)
+
+    def values_batch(self, games) -> list[np.ndarray]:
+        """Several samples, one after another (the reference path)."""
+        return [self.values(game) for game in games]

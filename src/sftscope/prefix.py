@@ -16,16 +16,15 @@ does not run out of memory; the chosen group size is logged at debug level.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
-import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from .errors import SftscopeError
 from .game import MaskedGame, check_finite, log_odds
+from .trie_attention import Segment, TrieStep, trie_attention, trie_step
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,8 @@ def supports_prefix_sharing(model) -> bool:
         return False
     if getattr(model, "_is_stateful", False):  # recurrent state cannot be shared by prefix
         return False
-    return bool(getattr(model, "_supports_cache_class", True)) and hasattr(model, "forward")
+    # the trie attention plugs into transformers' attention interface
+    return bool(getattr(model, "_supports_attention_backend", False)) and hasattr(model, "forward")
 
 
 def floor_tokens(game: MaskedGame) -> int:
@@ -67,23 +67,6 @@ def _bytes_per_cached_token(model, dtype: torch.dtype) -> int:
     return 2 * layers * heads * head_dim * torch.finfo(dtype).bits // 8
 
 
-@contextlib.contextmanager
-def _native_gqa(device: torch.device):
-    """On CPU, let SDPA broadcast grouped KV heads instead of copying the whole cache.
-
-    transformers only does so without a mask; our cached blocks need one. The
-    switch is transformers' own environment flag, set for our calls only.
-    """
-    if device.type != "cpu" or "TRANSFORMERS_SDPA_FORCE_GQA" in os.environ:
-        yield
-        return
-    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA", None)
-
-
 class PrefixEngine:
     """Values of all masks with shared prefixes (see module docstring)."""
 
@@ -102,6 +85,7 @@ class PrefixEngine:
         self.baseline = baseline
         self.max_memory_bytes = max_memory_bytes
         self.tokens_computed = 0
+        self._layers = _text_config(model).num_hidden_layers
 
     def _max_rows(self, total_len: int, block_len: int, dtype: torch.dtype) -> int:
         config = _text_config(self.model)
@@ -114,76 +98,141 @@ class PrefixEngine:
         per_row += config.vocab_size * 4
         return max(2, int(self.max_memory_bytes // max(per_row, 1)))
 
-    @torch.no_grad()
     def values(self, game: MaskedGame, masks: np.ndarray | None = None) -> np.ndarray:
         """All ``2^n`` values are computed (the trie is walked whole); ``masks`` selects from them."""
-        if game.n_players == 0:
-            raise SftscopeError("a game needs at least one player")
-        embed = self.model.get_input_embeddings()
-        device = embed.weight.device
-        embeds = embed(torch.tensor([game.input_ids], device=device))[0]
-        baseline = self.baseline.to(embeds.dtype)
-        blocks = _blocks(game)
-        self._max = self._max_rows(len(game.input_ids), max(e - s for s, e in blocks), embeds.dtype)
-        log.debug("prefix engine: at most %d branches per forward pass", self._max)
-        out = np.full(1 << game.n_players, np.nan)
-        cache = None
-        start, end = blocks[0]
-        with _native_gqa(device):
-            if end > start:
-                result = self._decoder(inputs_embeds=embeds[None, start:end], use_cache=True)
-                cache = result.past_key_values
-                self.tokens_computed += end - start
-            self._walk(
-                game, embeds, baseline, blocks, cache, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), 0, out
-            )
-        values = check_finite(out)
+        values = self.values_batch([game])[0]
         return values if masks is None else values[np.asarray(masks)]
 
-    def _walk(self, game, embeds, baseline, blocks, cache, rows_of_cache, prefixes, level, out) -> None:
-        """Extend every prefix by player ``level`` absent/present, then recurse.
+    @torch.no_grad()
+    def values_batch(self, games: Sequence[MaskedGame]) -> list[np.ndarray]:
+        """All ``2^n`` values of several samples with the same ``n``, their tries walked together.
 
-        ``rows_of_cache`` says which batch rows of ``cache`` the ``prefixes`` are;
-        nothing is copied until the forward pass gathers exactly those rows.
+        Every forward pass then carries the branches of all samples at once,
+        which keeps an accelerator busy on the small upper levels of the trie.
+        """
+        games = list(games)
+        if not games:
+            return []
+        n = games[0].n_players
+        if n == 0:
+            raise SftscopeError("a game needs at least one player")
+        if any(g.n_players != n for g in games):
+            raise SftscopeError(
+                f"games batched together need the same number of players; got {sorted({g.n_players for g in games})}"
+            )
+        embed = self.model.get_input_embeddings()
+        device = embed.weight.device
+        embeds = [embed(torch.tensor([g.input_ids], device=device))[0] for g in games]
+        baseline = self.baseline.to(embeds[0].dtype)
+        blocks = [_blocks(g) for g in games]
+        longest = max(len(g.input_ids) for g in games)
+        widest = max(e - s for bl in blocks for s, e in bl)
+        self._max = self._max_rows(longest, widest, embeds[0].dtype)
+        log.debug("prefix engine: at most %d branches per forward pass", self._max)
+        out = np.full((len(games), 1 << n), np.nan)
+        with trie_attention(self.model):
+            segments = self._background(embeds, blocks)
+            self._walk(games, embeds, baseline, blocks, segments, 0, np.zeros(1, dtype=np.int64), 0, out)
+        return [check_finite(row) for row in out]
+
+    def _forward(self, runner, block, positions, valid, segments, row_first, rows, bits, **kwargs) -> TrieStep:
+        """One pass over ``block`` (samples x rows, T, hidden), ancestors read from ``segments``."""
+        step = TrieStep(segments, positions.shape[0], row_first, rows, bits, positions, valid)
+        with trie_step(step):
+            step.result = runner(
+                inputs_embeds=block, position_ids=positions.repeat_interleave(rows, dim=0), use_cache=False, **kwargs
+            )
+        if len(step.new) != self._layers:
+            raise SftscopeError(
+                f"{type(self.model).__name__}: {len(step.new)} of {self._layers} layers used transformers' "
+                "attention interface; the prefix engine needs all of them (use engine='naive')"
+            )
+        self.tokens_computed += int(valid.sum()) * rows
+        return step
+
+    def _background(self, embeds, blocks) -> list[list[Segment]]:
+        """The tokens before each sample's first player: one row per sample, stacked as segment 0."""
+        device = embeds[0].device
+        lengths = [bl[0][1] for bl in blocks]
+        if max(lengths) == 0:
+            return [[] for _ in range(self._layers)]
+        width = max(lengths)
+        positions = torch.arange(width, device=device).repeat(len(blocks), 1)
+        valid = positions < torch.tensor(lengths, device=device)[:, None]
+        per_sample = []
+        for emb, length in zip(embeds, lengths):
+            if length == 0:
+                per_sample.append(None)
+                continue
+            step = self._forward(
+                self._decoder, emb[None, :length], positions[:1, :length], torch.ones_like(valid[:1, :length]),
+                [[] for _ in range(self._layers)], 0, 1, 0,
+            )
+            per_sample.append(step.new)
+        segments = []
+        for layer in range(self._layers):
+            keys, values = [], []
+            for new, length in zip(per_sample, lengths):
+                like = next(p for p in per_sample if p is not None)[layer][0]
+                k, v = new[layer] if new is not None else (like[:, :, :, :0], like[:, :, :, :0])
+                pad = (0, 0, 0, width - length)  # right-pad the key axis; padded keys are invalid
+                keys.append(torch.nn.functional.pad(k, pad))
+                values.append(torch.nn.functional.pad(v, pad))
+            segments.append([Segment(torch.cat(keys, 1), torch.cat(values, 1), 0, 0, positions, valid)])
+        return segments
+
+    def _extended(self, segments, step: TrieStep, bits: int) -> list[list[Segment]]:
+        """Each layer's ancestors plus this pass's block, as the next level sees them."""
+        return [
+            layer + [Segment(*step.new[i], first=step.row_first, bits=bits, positions=step.positions, valid=step.valid)]
+            for i, layer in enumerate(segments)
+        ]
+
+    def _block(self, games, embeds, baseline, blocks, level: int, rows: int):
+        """Player ``level``'s block for every sample, absent on even rows, left-padded to one width."""
+        spans = [bl[level + 1] for bl in blocks]
+        width = max(end - start for start, end in spans)
+        hidden = embeds[0].shape[-1]
+        device = embeds[0].device
+        block = embeds[0].new_zeros(len(games), rows, width, hidden)
+        positions = torch.empty(len(games), width, dtype=torch.long, device=device)
+        valid = torch.zeros(len(games), width, dtype=torch.bool, device=device)
+        for b, ((start, end), game) in enumerate(zip(spans, games)):
+            pad = width - (end - start)
+            block[b, :, pad:] = embeds[b][start:end]
+            p_start, p_end = game.spans[level]
+            block[b, 0::2, pad : pad + p_end - p_start] = baseline  # even rows: player absent
+            positions[b, :pad] = start  # padding gets a real position; nothing ever reads it
+            positions[b, pad:] = torch.arange(start, end, device=device)
+            valid[b, pad:] = True
+        return block.view(len(games) * rows, width, hidden), positions, valid
+
+    def _walk(self, games, embeds, baseline, blocks, segments, first, prefixes, level, out) -> None:
+        """Extend prefixes ``first ..`` (masks ``prefixes``) by player ``level`` absent/present, then recurse.
+
+        Row ``2 * (first + k) + b`` is prefix ``k`` with player ``level`` absent
+        (``b = 0``) or present; its ancestor in the block of player ``j`` is
+        row ``>> (level - j)`` there, which the trie attention reads in place.
         """
         rows = 2 * len(prefixes)
-        if rows > self._max and len(prefixes) > 1:
+        if len(games) * rows > self._max and len(prefixes) > 1:
             half = len(prefixes) // 2
-            for part in (slice(0, half), slice(half, None)):
-                self._walk(game, embeds, baseline, blocks, cache, rows_of_cache[part], prefixes[part], level, out)
+            self._walk(games, embeds, baseline, blocks, segments, first, prefixes[:half], level, out)
+            self._walk(games, embeds, baseline, blocks, segments, first + half, prefixes[half:], level, out)
             return
-        start, end = blocks[level + 1]
-        p_start, p_end = game.spans[level]
         masks = np.repeat(prefixes, 2)
         masks[1::2] |= 1 << level
-        block = embeds[start:end].unsqueeze(0).repeat(rows, 1, 1)
-        block[0::2, : p_end - p_start] = baseline  # even rows: player absent
-        branch = None
-        if cache is not None:  # one gather per layer: the rows we need, each twice
-            branch = _branch(cache, int(rows_of_cache[0]), len(rows_of_cache))
-        last = level == game.n_players - 1
-        # Intermediate levels only need the cache: skip the language-model head there.
+        block, positions, valid = self._block(games, embeds, baseline, blocks, level, rows)
+        last = level == games[0].n_players - 1
+        # Intermediate levels only need keys and values: skip the language-model head there.
         runner = self.model if last else self._decoder
-        result = runner(
-            inputs_embeds=block, past_key_values=branch, use_cache=True, **({"logits_to_keep": 1} if last else {})
-        )
-        self.tokens_computed += rows * (end - start)
+        options = {"logits_to_keep": 1} if last else {}  # left padding: the last token is last in every row
+        step = self._forward(runner, block, positions, valid, segments, 2 * first, rows, level + 1, **options)
         if last:
-            out[masks] = log_odds(result.logits[:, -1], game.target_id).double().cpu().numpy()
+            logits = step.result.logits[:, -1].view(len(games), rows, -1)
+            for b, game in enumerate(games):
+                out[b, masks] = log_odds(logits[b], game.target_id).double().cpu().numpy()
             return
-        self._walk(game, embeds, baseline, blocks, result.past_key_values, np.arange(rows), masks, level + 1, out)
-
-
-def _branch(cache, first: int, count: int):
-    """A cache holding rows ``first .. first + count`` of ``cache``, each twice (absent, present).
-
-    One gather per layer; ``cache`` itself is untouched, so sibling groups can branch from it too.
-    """
-    branch = copy.copy(cache)
-    branch.layers = [copy.copy(layer) for layer in cache.layers]
-    for layer in branch.layers:  # re-bind, never write in place
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            rows = torch.arange(first, first + count, device=layer.keys.device).repeat_interleave(2)
-            layer.keys = layer.keys.index_select(0, rows)
-            layer.values = layer.values.index_select(0, rows)
-    return branch
+        children = self._extended(segments, step, bits=level + 1)
+        del step
+        self._walk(games, embeds, baseline, blocks, children, 2 * first, masks, level + 1, out)
