@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from sftscope import SftscopeError
-from sftscope.analyze import AnalysisSettings, analyze, load_effects, unit_path
+from sftscope.analyze import AnalysisSettings, analyze, load_effects, unit_path, write_unit
 
 
 SETTINGS = AnalysisSettings(samples_per_split=2, n_players=4)
@@ -20,22 +20,23 @@ def test_analysis_resumes_to_the_same_rows(tiny_run, monkeypatch):
     assert summary["recommended_step"] in summary["checkpoints"]
     assert len(summary["findings"]) == 5
 
-    # crash after two more units, then resume: same rows, nothing duplicated
+    # crash after one more batch of units, then resume: same rows, nothing duplicated
     for path in list(unit_path(tiny_run, "target", 0, "x").parents[1].glob("step-*/*.parquet"))[:5]:
         path.unlink()
-    real = extract_module.extract_interactions
+    real = extract_module.extract_many
     calls = {"n": 0}
 
     def crashing(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 2:
+        if calls["n"] > 1:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(extract_module, "extract_interactions", crashing)
+    monkeypatch.setattr(extract_module, "extract_many", crashing)
     with pytest.raises(KeyboardInterrupt):
         analyze(tiny_run, SETTINGS)
-    monkeypatch.setattr(extract_module, "extract_interactions", real)
+    assert calls["n"] == 2
+    monkeypatch.setattr(extract_module, "extract_many", real)
     analyze(tiny_run, SETTINGS)
     again = load_effects(tiny_run).sort_values(["model", "step", "sample", "kind", "bitmask"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(again, clean)
@@ -67,3 +68,19 @@ def test_manifest_lists_the_finished_units(tiny_run):
     files = list((tiny_run / "analysis" / "effects").rglob("*.parquet"))
     assert manifest["count"] == len(files) == len(manifest["complete_units"])
     assert {(u["model"], u["step"]) for u in manifest["complete_units"]} == {("target", s) for s in (0, 1, 2, 4)}
+
+
+def test_jobs_hold_whole_batches_of_samples(tmp_path):
+    from sftscope.analyze import Probe, plan_jobs
+    from sftscope.players import Players
+
+    probes = [Probe(f"s{i}", "test", "p", "r", Players((), (), ())) for i in range(7)]
+    plan = dict(model_label="target", model_name="m", checkpoints={0: tmp_path}, probes=probes)
+    jobs = plan_jobs(tmp_path, samples_per_job=3, batch_samples=2, **plan)
+    # batches (s0 s1) (s2 s3) (s4 s5) (s6); 3 samples per job round up to 2 whole batches
+    assert [j.samples for j in jobs] == [("s0", "s1", "s2", "s3"), ("s4", "s5", "s6")]
+    write_unit(unit_path(tmp_path, "target", 0, "s0"), pd.DataFrame({"x": [1]}))
+    write_unit(unit_path(tmp_path, "target", 0, "s2"), pd.DataFrame({"x": [1]}))
+    write_unit(unit_path(tmp_path, "target", 0, "s3"), pd.DataFrame({"x": [1]}))
+    # (s2 s3) is done; (s0 s1) is still run whole, so s1 gets the values it would have had
+    assert [j.samples for j in plan_jobs(tmp_path, batch_samples=2, **plan)] == [("s0", "s1", "s4", "s5", "s6")]

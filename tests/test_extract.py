@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from sftscope import SftscopeError, extract_interactions, read_metadata
 from sftscope.cli import main
@@ -92,3 +93,41 @@ def test_cli_unknown_model_is_one_line(capsys):
     assert code == 2 and err.count("\n") == 0 and "unknown model 'no-such-model'" in err
     code = main(["extract", "--model", "/no/such/dir", "--prompt", "hi there", "--response", "x"])
     assert code == 2 and "cannot load model" in capsys.readouterr().err
+
+
+def test_many_prompts_batched_equal_one_at_a_time(tiny_llama, word_tokenizer):
+    from sftscope.extract import Request, extract_many
+
+    prompts = [
+        ("my flight got cancelled again and nobody helped", "anger"),
+        ("we won the final game tonight", "joy"),
+        ("the doctor called about my test results late today", "fear"),
+    ]
+    requests = [Request(p, r, context=f"sample {i}") for i, (p, r) in enumerate(prompts)]
+    options = dict(n_players=4, selection="first", engine="prefix")
+    together = extract_many(tiny_llama, word_tokenizer, requests, batch_samples=3, **options)
+    for request, batched in zip(requests, together):
+        alone = extract_interactions(tiny_llama, word_tokenizer, request.prompt, request.response, **options)
+        assert alone.players == batched.players
+        np.testing.assert_allclose(batched.decomposition.values, alone.decomposition.values, atol=1e-5)
+    with pytest.raises(SftscopeError, match="batch_samples must be >= 1"):
+        extract_many(tiny_llama, word_tokenizer, requests, batch_samples=0, **options)
+
+
+def test_nan_in_a_batch_names_its_sample(tiny_llama, word_tokenizer):
+    import copy
+
+    from sftscope.extract import Request, extract_many
+
+    model = copy.deepcopy(tiny_llama)
+    prompts = ["we won the final game tonight", "my flight got cancelled again and nobody helped"]
+    players = [
+        extract_interactions(model, word_tokenizer, p, "joy", n_players=3, selection="first").players for p in prompts
+    ]
+    # poison the embedding of one word of the second prompt only (a mean baseline would spread it)
+    bad_id = word_tokenizer.convert_tokens_to_ids("flight")
+    with torch.no_grad():
+        model.get_input_embeddings().weight[bad_id] = float("nan")
+    requests = [Request(p, "joy", pl, context=f"sample {i}") for i, (p, pl) in enumerate(zip(prompts, players))]
+    with pytest.raises(SftscopeError, match="NaN/inf at mask .*\\(sample 1\\)"):
+        extract_many(model, word_tokenizer, requests, engine="prefix", baseline="zeros")

@@ -49,6 +49,7 @@ class AnalysisSettings:
     stage_rule: str = "cumulative"
     stage_fraction: float = 0.9
     baseline_step: int | None = None
+    batch_samples: int = 4  # samples sharing each forward pass of the prefix engine
 
 
 @dataclass
@@ -127,15 +128,23 @@ class Job:
 
 def plan_jobs(
     run_dir, *, model_label: str, model_name: str, checkpoints: dict[int, Path], probes: list[Probe],
-    samples_per_job: int | None = None,
+    samples_per_job: int | None = None, batch_samples: int = 1,
 ) -> list[Job]:
-    """Jobs for every missing (checkpoint, sample) unit; ``samples_per_job=None`` puts a checkpoint's all in one."""
+    """Jobs for every checkpoint with missing units; ``samples_per_job=None`` puts a checkpoint's all in one.
+
+    Samples go in fixed batches of ``batch_samples`` (in probe order) that are
+    never split across jobs: a batch is always evaluated whole, so its values
+    are bit-for-bit the same however the work is cut or resumed.
+    """
+    order = [p.sample for p in probes]
+    batches = [tuple(order[k : k + batch_samples]) for k in range(0, len(order), batch_samples)]
     jobs = []
     for step, path in checkpoints.items():
-        missing = [p.sample for p in probes if not unit_path(run_dir, model_label, step, p.sample).exists()]
-        size = samples_per_job or max(1, len(missing))
-        for start in range(0, len(missing), size):
-            jobs.append(Job(model_label, model_name, step, str(path), tuple(missing[start : start + size])))
+        pending = [b for b in batches if any(not unit_path(run_dir, model_label, step, s).exists() for s in b)]
+        per_job = max(1, -(-(samples_per_job or len(order)) // batch_samples))  # whole batches per job
+        for k in range(0, len(pending), per_job):
+            samples = tuple(s for b in pending[k : k + per_job] for s in b)
+            jobs.append(Job(model_label, model_name, step, str(path), samples))
     return jobs
 
 
@@ -143,8 +152,8 @@ def run_job(
     run_dir, job: Job, probes: dict[str, Probe], settings: AnalysisSettings, *, base_model=None, tokenizer=None,
     on_unit: Callable[[], None] | None = None,
 ) -> int:
-    """Load the job's checkpoint once, extract its samples, write each unit itself; returns units written."""
-    from .extract import extract_interactions  # noqa: PLC0415
+    """Load the job's checkpoint once, extract its batches, write each missing unit itself; returns units written."""
+    from .extract import Request, extract_many  # noqa: PLC0415
     from .models import load_model_and_tokenizer  # noqa: PLC0415
     from .train import load_checkpoint  # noqa: PLC0415
 
@@ -152,20 +161,33 @@ def run_job(
         base_model, tokenizer = load_model_and_tokenizer(job.model_name, dtype="float32")
     model = load_checkpoint(base_model, job.checkpoint)
     written = 0
-    for sample in job.samples:
-        target = unit_path(run_dir, job.model_label, job.step, sample)
-        if not target.exists():  # a retried job skips what its first attempt finished
-            probe = probes[sample]
-            result = extract_interactions(
-                model, tokenizer, probe.prompt, probe.response, players=probe.players,
-                baseline=settings.baseline, noise_bound=settings.noise_bound, tau=settings.tau,
-                engine=settings.engine, context=f"sample {sample}, {job.model_label} step {job.step}",
-            )
-            frame = result.to_dataframe().assign(sample=sample, split=probe.split, step=job.step, model=job.model_label)
-            write_unit(target, frame)
-            written += 1
-        if on_unit:
-            on_unit()
+    for k in range(0, len(job.samples), settings.batch_samples):
+        batch = job.samples[k : k + settings.batch_samples]
+        targets = {s: unit_path(run_dir, job.model_label, job.step, s) for s in batch}
+        if all(t.exists() for t in targets.values()):  # a retried job skips what its first attempt finished
+            for _ in batch:
+                if on_unit:
+                    on_unit()
+            continue
+        requests = [
+            Request(probes[s].prompt, probes[s].response, probes[s].players,
+                    context=f"sample {s}, {job.model_label} step {job.step}")
+            for s in batch
+        ]
+        results = extract_many(
+            model, tokenizer, requests, baseline=settings.baseline, noise_bound=settings.noise_bound,
+            tau=settings.tau, engine=settings.engine, batch_samples=settings.batch_samples,
+        )
+        for sample, result in zip(batch, results):  # the whole batch is evaluated; only missing units written
+            if not targets[sample].exists():
+                probe = probes[sample]
+                frame = result.to_dataframe().assign(
+                    sample=sample, split=probe.split, step=job.step, model=job.model_label
+                )
+                write_unit(targets[sample], frame)
+                written += 1
+            if on_unit:
+                on_unit()
     return written
 
 
@@ -182,7 +204,10 @@ def extract_run(
     progress: Callable | None = None,
 ) -> int:
     """Extract every missing unit of one model in this process; returns how many were computed."""
-    jobs = plan_jobs(run_dir, model_label=model_label, model_name=model_name, checkpoints=checkpoints, probes=probes)
+    jobs = plan_jobs(
+        run_dir, model_label=model_label, model_name=model_name, checkpoints=checkpoints, probes=probes,
+        batch_samples=settings.batch_samples,
+    )
     by_id = {p.sample: p for p in probes}
     bar = progress(total=sum(len(j.samples) for j in jobs), desc=f"extract {model_label}") if progress and jobs else None
     computed = sum(

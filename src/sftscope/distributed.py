@@ -59,7 +59,7 @@ def extract_with_ray(
         job
         for label, name, checkpoints in units
         for job in plan_jobs(run_dir, model_label=label, model_name=name, checkpoints=checkpoints, probes=probes,
-                             samples_per_job=samples_per_job)
+                             samples_per_job=samples_per_job, batch_samples=settings.batch_samples)
     ]
     if not jobs:
         return 0

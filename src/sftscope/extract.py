@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -71,14 +73,41 @@ def select_players(
     )
 
 
+@dataclass(frozen=True)
+class Request:
+    """One prompt to extract: its reference response, frozen players if any, and a label for errors."""
+
+    prompt: str
+    response: str
+    players: Players | None = None
+    context: str = ""
+
+
 def extract_interactions(
     model,
     tokenizer,
     prompt: str,
     response: str,
     *,
-    n_players: int = 10,
     players: Players | None = None,
+    context: str = "",
+    **options,
+) -> InteractionResult:
+    """Exact AND-OR interactions of ``model`` on one prompt.
+
+    Pass ``players`` to reuse words chosen earlier (same sample, other
+    checkpoint or model); otherwise they are chosen here. ``options`` are
+    those of :func:`extract_many`.
+    """
+    return extract_many(model, tokenizer, [Request(prompt, response, players, context)], **options)[0]
+
+
+def extract_many(
+    model,
+    tokenizer,
+    requests: Sequence[Request],
+    *,
+    n_players: int = 10,
     selection: Selection = "ablation",
     seed: int = 0,
     allow_fewer: bool = False,
@@ -89,36 +118,40 @@ def extract_interactions(
     use_chat_template: bool | None = None,
     max_batch_tokens: int = 16_384,
     max_memory_bytes: int = 2 << 30,
-    context: str = "",
-) -> InteractionResult:
-    """Exact AND-OR interactions of ``model`` on one prompt.
+    batch_samples: int = 4,
+) -> list[InteractionResult]:
+    """Interactions of several prompts; up to ``batch_samples`` with as many players share each forward pass.
 
-    Pass ``players`` to reuse words chosen earlier (same sample, other
-    checkpoint or model); otherwise they are chosen here.
+    The games' values then go to the AND-OR solver as one batch. Results come
+    back in the order of ``requests``.
     """
-    rendered = tokenize_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
-    target = target_token(tokenizer, response)
+    if batch_samples < 1:
+        raise SftscopeError(f"batch_samples must be >= 1, got {batch_samples}")
     base_vec = baseline_vector(model, tokenizer, baseline)
-    if players is None:
-        players = _choose(
-            model, rendered, target, base_vec, n_players, selection=selection, seed=seed, allow_fewer=allow_fewer
-        )
-    spans = _spans_in(rendered, players)
-    game = MaskedGame(tuple(rendered.input_ids), spans, target)
+    games, chosen = [], []
+    for request in requests:
+        rendered = tokenize_prompt(tokenizer, request.prompt, use_chat_template=use_chat_template)
+        target = target_token(tokenizer, request.response)
+        players = request.players
+        if players is None:
+            players = _choose(
+                model, rendered, target, base_vec, n_players, selection=selection, seed=seed, allow_fewer=allow_fewer
+            )
+        games.append(MaskedGame(tuple(rendered.input_ids), _spans_in(rendered, players), target))
+        chosen.append(players)
     runner = make_engine(model, base_vec, engine, max_batch_tokens=max_batch_tokens, max_memory_bytes=max_memory_bytes)
-    try:
-        values = runner.values(game)  # engines reject NaN/inf; we add where it happened
-    except SftscopeError as exc:
-        raise SftscopeError(f"{exc} ({context})" if context and context not in str(exc) else str(exc)) from exc
-    except torch.OutOfMemoryError as exc:
-        where = f" ({context})" if context else ""
-        raise SftscopeError(
-            f"out of memory on {next(model.parameters()).device} evaluating 2^{len(spans)} masks{where}: lower "
-            "max_memory_bytes (prefix engine) or max_batch_tokens (naive engine), or use fewer players"
-        ) from exc
-    decomposition = and_or_interactions(values, noise_bound=noise_bound)
+    values: list[np.ndarray | None] = [None] * len(games)
+    by_size: dict[int, list[int]] = {}
+    for i, game in enumerate(games):
+        by_size.setdefault(game.n_players, []).append(i)
+    for indices in by_size.values():
+        for k in range(0, len(indices), batch_samples):
+            batch = indices[k : k + batch_samples]
+            names = [requests[i].context or f"request {i}" for i in batch]
+            for i, row in zip(batch, _evaluate(runner, [games[i] for i in batch], names, model)):
+                values[i] = row
+    decompositions = and_or_interactions(np.stack(values), noise_bound=noise_bound)
     settings = {
-        "n_players": len(players),
         "selection": selection,
         "seed": seed,
         "baseline": baseline,
@@ -127,9 +160,25 @@ def extract_interactions(
         "engine": type(runner).__name__,
         "model": getattr(model.config, "_name_or_path", ""),
     }
-    return InteractionResult(
-        prompt, response, players, target, tokenizer.decode([target]), decomposition, settings
-    )
+    return [
+        InteractionResult(
+            request.prompt, request.response, players, game.target_id, tokenizer.decode([game.target_id]),
+            decomposition, {"n_players": len(players), **settings},
+        )
+        for request, players, game, decomposition in zip(requests, chosen, games, decompositions)
+    ]
+
+
+def _evaluate(runner: GameEngine, games: list[MaskedGame], names: list[str], model) -> list[np.ndarray]:
+    """All values of a batch of games, with one-line errors naming the sample."""
+    try:
+        return runner.values_batch(games, names=names)
+    except torch.OutOfMemoryError as exc:
+        raise SftscopeError(
+            f"out of memory on {next(model.parameters()).device} evaluating 2^{games[0].n_players} masks "
+            f"({', '.join(names)}): lower max_memory_bytes (prefix engine) or max_batch_tokens (naive engine), "
+            "batch fewer samples, or use fewer players"
+        ) from exc
 
 
 def _spans_in(rendered, players: Players) -> tuple[tuple[int, int], ...]:

@@ -54,7 +54,7 @@ class GameEngine(Protocol):
 
     def values(self, game: MaskedGame, masks: np.ndarray | None = None) -> np.ndarray: ...
 
-    def values_batch(self, games: Sequence[MaskedGame]) -> list[np.ndarray]: ...
+    def values_batch(self, games: Sequence[MaskedGame], names: Sequence[str] | None = None) -> list[np.ndarray]: ...
 
 
 def baseline_vector(model, tokenizer=None, kind: BaselineKind = "mean") -> torch.Tensor:
@@ -141,6 +141,13 @@ class NaiveEngine:
             self.tokens_computed += len(chunk) * length
         return check_finite(out)
 
-    def values_batch(self, games) -> list[np.ndarray]:
-        """Several samples, one after another (the reference path)."""
-        return [self.values(game) for game in games]
+    def values_batch(self, games, names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Several samples, one after another (the reference path); ``names`` label errors."""
+        names = names or [f"game {i}" for i in range(len(games))]
+        out = []
+        for game, name in zip(games, names):
+            try:
+                out.append(self.values(game))
+            except SftscopeError as exc:
+                raise SftscopeError(f"{exc} ({name})") from exc
+        return out

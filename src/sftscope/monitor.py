@@ -77,7 +77,7 @@ class InteractionMonitor(TrainerCallback):
         return step == 0 or (step < self.every and step & (step - 1) == 0) or step % self.every == 0
 
     def _extract(self, model, step: int) -> None:
-        from .extract import extract_interactions, select_players  # noqa: PLC0415
+        from .extract import Request, extract_many, select_players  # noqa: PLC0415
 
         was_training = model.training
         model.eval()
@@ -87,11 +87,12 @@ class InteractionMonitor(TrainerCallback):
                     select_players(model, self.tokenizer, p.prompt, p.response, self.n_players, allow_fewer=True)
                     for p in self.probes
                 ]
-            for index, (pair, players) in enumerate(zip(self.probes, self.players)):
-                result = extract_interactions(
-                    model, self.tokenizer, pair.prompt, pair.response, players=players, tau=self.tau,
-                    engine=self.engine, context=f"probe {index}, step {step}",
-                )
+            requests = [
+                Request(pair.prompt, pair.response, players, context=f"probe {index}, step {step}")
+                for index, (pair, players) in enumerate(zip(self.probes, self.players))
+            ]
+            results = extract_many(model, self.tokenizer, requests, tau=self.tau, engine=self.engine)
+            for index, result in enumerate(results):
                 self.frames.append(result.to_dataframe().assign(sample=f"probe-{index}", step=step))
         finally:
             model.train(was_training)

@@ -104,11 +104,12 @@ class PrefixEngine:
         return values if masks is None else values[np.asarray(masks)]
 
     @torch.no_grad()
-    def values_batch(self, games: Sequence[MaskedGame]) -> list[np.ndarray]:
+    def values_batch(self, games: Sequence[MaskedGame], names: Sequence[str] | None = None) -> list[np.ndarray]:
         """All ``2^n`` values of several samples with the same ``n``, their tries walked together.
 
         Every forward pass then carries the branches of all samples at once,
         which keeps an accelerator busy on the small upper levels of the trie.
+        ``names`` label the games in errors.
         """
         games = list(games)
         if not games:
@@ -133,7 +134,8 @@ class PrefixEngine:
         with trie_attention(self.model):
             segments = self._background(embeds, blocks)
             self._walk(games, embeds, baseline, blocks, segments, 0, np.zeros(1, dtype=np.int64), 0, out)
-        return [check_finite(row) for row in out]
+        names = names or [f"game {i}" for i in range(len(games))]
+        return [check_finite(row, name) for row, name in zip(out, names)]
 
     def _forward(self, runner, block, positions, valid, segments, row_first, rows, bits, **kwargs) -> TrieStep:
         """One pass over ``block`` (samples x rows, T, hidden), ancestors read from ``segments``."""
