@@ -6,7 +6,9 @@
 For each setting prints: tokens computed by each engine, the floor (what any
 exact prefix sharing must compute), wall-time ratio, peak memory of each engine
 (CUDA: max allocated; CPU: peak growth of the resident set, sampled every 50 ms; a sampling thread costs the timed run some speed on 2 cores), and the largest
-difference between the two engines' values.
+difference between the two engines' values. Then the same samples once more
+through the prefix engine as one batch (``values_batch``): time against one
+sample after another, and the largest difference.
 """
 
 from __future__ import annotations
@@ -73,6 +75,19 @@ def run(engine, game, device) -> tuple[np.ndarray, float, float]:
     return values, elapsed, peak
 
 
+def batched(model, baseline, games, device, singles) -> tuple[float, float]:
+    """Wall time of one ``values_batch`` call over all games, and its largest difference to one by one."""
+    engine = PrefixEngine(model, baseline)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    together = engine.values_batch(games)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    return elapsed, max(float(np.max(np.abs(a - b))) for a, b in zip(together, singles))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -86,17 +101,21 @@ def main() -> None:
     print(f"model {args.model}, device {args.device}, {args.samples} samples per setting")
     print("dtype     n  tokens naive  tokens prefix  floor   prefix/floor  time naive  time prefix  ratio"
           "  peak MB naive/prefix  max |diff|")
+    batch_rows = []
     for dtype in args.dtype:
         model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=args.device)
         baseline = baseline_vector(model, tokenizer, "mean")
         for n in args.n:
             tot = dict(tn=0.0, tp=0.0, kn=0, kp=0, floor=0, mn=0.0, mp=0.0, diff=0.0)
+            games, singles = [], []
             for prompt, response in SAMPLES[: args.samples]:
                 players = select_players(model, tokenizer, prompt, response, n)
                 rendered = tokenize_prompt(tokenizer, prompt)
                 game = MaskedGame(tuple(rendered.input_ids), players.token_spans, target_token(tokenizer, response))
                 prefix, naive = PrefixEngine(model, baseline), NaiveEngine(model, baseline)
                 vp, tp, mp = run(prefix, game, args.device)
+                games.append(game)
+                singles.append(vp)
                 vn, tn, mn = run(naive, game, args.device)
                 tot["tn"] += tn
                 tot["tp"] += tp
@@ -109,6 +128,11 @@ def main() -> None:
             print(f"{dtype:9s} {n:2d}  {tot['kn']:12d}  {tot['kp']:13d}  {tot['floor']:5d}  "
                   f"{tot['kp'] / tot['floor']:12.2f}  {tot['tn']:9.1f}s  {tot['tp']:10.1f}s  {tot['tn'] / tot['tp']:5.1f}x"
                   f"  {tot['mn']:9.0f} / {tot['mp']:<9.0f}  {tot['diff']:.1e}")
+            batch_rows.append((dtype, n, tot["tp"], *batched(model, baseline, games, args.device, singles)))
+    print("\nprefix engine, the same samples as one batch (values_batch) vs one after another")
+    print("dtype     n  one by one  batched  ratio  max |diff|")
+    for dtype, n, t_single, t_batch, diff in batch_rows:
+        print(f"{dtype:9s} {n:2d}  {t_single:9.1f}s  {t_batch:6.1f}s  {t_single / t_batch:5.2f}x  {diff:.1e}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from sftscope import SftscopeError
 from sftscope.analyze import AnalysisSettings, analyze, load_effects, unit_path, write_unit
 
 
-SETTINGS = AnalysisSettings(samples_per_split=2, n_players=4)
+SETTINGS = AnalysisSettings(samples_per_split=2, n_players=4, batch_samples=2)  # batches of samples, as on a GPU
 
 
 def test_analysis_resumes_to_the_same_rows(tiny_run, monkeypatch):
@@ -84,3 +84,5 @@ def test_jobs_hold_whole_batches_of_samples(tmp_path):
     write_unit(unit_path(tmp_path, "target", 0, "s3"), pd.DataFrame({"x": [1]}))
     # (s2 s3) is done; (s0 s1) is still run whole, so s1 gets the values it would have had
     assert [j.samples for j in plan_jobs(tmp_path, batch_samples=2, **plan)] == [("s0", "s1", "s4", "s5", "s6")]
+    with pytest.raises(SftscopeError, match="batch_samples must be >= 1"):
+        plan_jobs(tmp_path, batch_samples=0, **plan)

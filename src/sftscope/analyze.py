@@ -49,7 +49,7 @@ class AnalysisSettings:
     stage_rule: str = "cumulative"
     stage_fraction: float = 0.9
     baseline_step: int | None = None
-    batch_samples: int = 4  # samples sharing each forward pass of the prefix engine
+    batch_samples: int = 1  # samples sharing each forward pass of the prefix engine: 4-8 on a GPU, 1 on CPU
 
 
 @dataclass
@@ -136,6 +136,8 @@ def plan_jobs(
     never split across jobs: a batch is always evaluated whole, so its values
     are bit-for-bit the same however the work is cut or resumed.
     """
+    if batch_samples < 1:
+        raise SftscopeError(f"analysis.batch_samples must be >= 1, got {batch_samples}")
     order = [p.sample for p in probes]
     batches = [tuple(order[k : k + batch_samples]) for k in range(0, len(order), batch_samples)]
     jobs = []

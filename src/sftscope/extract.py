@@ -29,13 +29,13 @@ def make_engine(
     max_batch_tokens: int = 16_384,
     max_memory_bytes: int = 2 << 30,
 ) -> GameEngine:
-    """The prefix-shared engine where the model supports a KV cache, else the naive one."""
+    """The prefix-shared engine where the model supports it, else the naive one."""
     from .prefix import PrefixEngine, supports_prefix_sharing  # noqa: PLC0415
 
     if engine == "prefix" or (engine == "auto" and supports_prefix_sharing(model)):
         return PrefixEngine(model, baseline, max_memory_bytes=max_memory_bytes)
     if engine == "auto":
-        log.warning("model %s has no usable KV cache: using the naive engine", type(model).__name__)
+        log.warning("model %s does not use transformers' attention interface: naive engine", type(model).__name__)
     return NaiveEngine(model, baseline, max_batch_tokens=max_batch_tokens)
 
 
@@ -118,13 +118,17 @@ def extract_many(
     use_chat_template: bool | None = None,
     max_batch_tokens: int = 16_384,
     max_memory_bytes: int = 2 << 30,
-    batch_samples: int = 4,
+    batch_samples: int | None = None,
 ) -> list[InteractionResult]:
     """Interactions of several prompts; up to ``batch_samples`` with as many players share each forward pass.
 
-    The games' values then go to the AND-OR solver as one batch. Results come
-    back in the order of ``requests``.
+    ``batch_samples=None``: 4 on an accelerator, 1 on CPU (where a saturated
+    CPU gains nothing and padding costs 10-20%, see BENCHMARKS.md). The
+    games' values then go to the AND-OR solver as one batch. Results come back
+    in the order of ``requests``.
     """
+    if batch_samples is None:
+        batch_samples = 1 if next(model.parameters()).device.type == "cpu" else 4
     if batch_samples < 1:
         raise SftscopeError(f"batch_samples must be >= 1, got {batch_samples}")
     base_vec = baseline_vector(model, tokenizer, baseline)

@@ -4,14 +4,19 @@ Every masked prompt is the same token sequence with some player spans
 replaced. Cut it into blocks: the background before player 0, then for each
 player ``i`` its span plus the background up to player ``i + 1``. After block
 ``i`` only ``2^(i+1)`` distinct prefixes exist (one per pattern of players
-``0..i``), so we walk this binary trie level by level: the key/value cache of a
-prefix is computed once and every branch below it reuses it. The token count is
-``len(block_-1) + sum_i 2^(i+1) len(block_i)`` instead of ``2^n * L``, which is
-the floor for any exact prefix sharing.
+``0..i``), so we walk this binary trie level by level: each distinct block is
+computed once, and every branch below it attends to its keys and values in
+place (``trie_attention.py``), never through a per-branch copy. The token count
+is ``len(block_-1) + sum_i 2^(i+1) len(block_i)`` instead of ``2^n * L``, which
+is the floor for any exact prefix sharing.
+
+Several samples with the same ``n`` walk their tries together, one forward
+pass per level for all of them (``values_batch``).
 
 Memory: the trie is walked depth-first in groups of branches small enough for
-``max_memory_bytes`` (cache + activations), so large ``n`` on a large model
-does not run out of memory; the chosen group size is logged at debug level.
+``max_memory_bytes`` (ancestors' keys/values, activations, attention scores),
+so large ``n`` on a large model does not run out of memory; the chosen group
+size is logged at debug level.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def supports_prefix_sharing(model) -> bool:
-    """Decoder-only transformers with a key/value cache (Llama, Gemma-3, Qwen, ...)."""
+    """Decoder-only transformers whose attention goes through transformers' interface (Llama, Gemma-3, Qwen, ...)."""
     config = getattr(model, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return False
@@ -78,7 +83,10 @@ class PrefixEngine:
         max_memory_bytes: int = 2 << 30,
     ) -> None:
         if not supports_prefix_sharing(model):
-            raise SftscopeError(f"{type(model).__name__} has no key/value cache to share; use engine='naive'")
+            raise SftscopeError(
+                f"{type(model).__name__} does not use transformers' attention interface, which the prefix engine "
+                "plugs into; use engine='naive'"
+            )
         self.model = model
         decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
         self._decoder = decoder if decoder is not None else model
@@ -90,8 +98,10 @@ class PrefixEngine:
     def _max_rows(self, total_len: int, block_len: int, dtype: torch.dtype) -> int:
         config = _text_config(self.model)
         width = config.hidden_size
-        # this branch's cache, plus its ancestors' kept alive while we walk (a geometric series: x2)
+        # keys/values of this block and of the ancestors kept alive while we walk (bounded by x2 the prompt)
         per_row = 2 * total_len * _bytes_per_cached_token(self.model, dtype)
+        # attention scores and probabilities, float32, over the whole prefix
+        per_row += 3 * config.num_attention_heads * block_len * total_len * 4
         # activations of one block: a few hidden-size and MLP-size tensors per token, plus last-token logits
         inter = getattr(config, "intermediate_size", 4 * width)
         per_row += block_len * (8 * width + 3 * inter) * torch.finfo(dtype).bits // 8
