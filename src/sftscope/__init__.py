@@ -2,7 +2,7 @@
 
 from .decompose import AndOrDecomposition, Interaction, and_or_interactions, mobius_transform, zeta_transform
 from .errors import SftscopeError
-from .extract import extract_interactions, select_players
+from .extract import Request, extract_interactions, extract_many, select_players
 from .game import MaskedGame, NaiveEngine, baseline_vector
 from .interactions import InteractionResult, read_metadata
 from .monitor import InteractionMonitor
@@ -18,10 +18,12 @@ __all__ = [
     "NaiveEngine",
     "Players",
     "PrefixEngine",
+    "Request",
     "SftscopeError",
     "and_or_interactions",
     "baseline_vector",
     "extract_interactions",
+    "extract_many",
     "mobius_transform",
     "read_metadata",
     "select_players",
