@@ -225,3 +225,31 @@ def test_property_matching_bound_and_objective(values):
     assert np.all(np.abs(result.q) <= eps + 1e-12)
     plain_and = np.abs(mobius_transform(values)[1:]).sum()  # the all-AND split with q = 0 is feasible
     assert result.objective <= plain_and + 1e-7 * max(1.0, plain_and)
+
+
+@pytest.mark.parametrize("method", ["rowgen", "simplex", "ipm"])
+def test_one_player_effects_are_reported_as_and(method, rng):
+    # v = 2 [0 in S] + 1.5 [1 in S] - OR{2,3} ... : the singletons could be AND or OR at equal cost
+    n = 6
+    masks = np.arange(1 << n)
+    values = 2.0 * ((masks & 1) != 0) + 1.5 * ((masks & 2) != 0) - 1.2 * ((masks & 0b1100) != 0)
+    values = values + 0.3 * ((masks & 0b110000) == 0b110000) + 0.002 * rng.standard_normal(1 << n)
+    result = and_or_interactions(values, method=method)
+    singles = [1 << i for i in range(n)]
+    assert np.all(np.abs(result.or_effects[singles]) < 1e-12)
+    assert np.abs(result.and_effects[singles]).max() > 0.1  # the one-player effects are there, as AND
+    assert result.objective <= lp_optimum(values, 0.02) * 1.01
+    assert result.matching_error < 1e-9
+
+
+def test_every_method_picks_the_same_split_of_a_degenerate_game(rng):
+    # 2 [0] + 1.5 [1] has several sparsest splits of equal L1 (e.g. through OR{0,1}); the nudged costs pick one
+    n = 7
+    masks = np.arange(1 << n)
+    values = 2.0 * ((masks & 1) != 0) + 1.5 * ((masks & 2) != 0) - 1.2 * ((masks & 0b1100) != 0)
+    values = values + 0.8 * ((masks & 0b110000) == 0b110000) + 0.001 * rng.standard_normal(1 << n)
+    found = [
+        {(i.kind, i.mask, round(i.effect, 4)) for i in and_or_interactions(values, method=m).salient()}
+        for m in ("rowgen", "simplex", "ipm")
+    ]
+    assert found[0] == found[1] == found[2]

@@ -217,6 +217,30 @@ def _constraint_matrix(n: int):
     return matrix
 
 
+TIE_BREAK = 1e-4  # cost added per unit of weight; the objective moves by at most (n + 0.6) * 1e-4
+
+
+@lru_cache(maxsize=8)
+def _column_costs(n_cols_half: int) -> np.ndarray:
+    """L1 costs of the coefficients, nudged so that the LP has one optimum.
+
+    Real games have many sparsest splits of equal L1 cost (an OR of two
+    players is two ANDs of one minus an AND of two, ...), and which one a
+    solver returns depends on its path, so salient sets would change between
+    solvers and checkpoints for no reason in the model. A cost of
+    ``1 + 1e-5 (|T| + 0.5 [OR] + u_T)`` (``u_T`` a fixed pseudo-random number
+    in [0, 0.1)) picks among them: lower order first, then AND, then a fixed
+    order. The objective moves by at most ``n * 1e-5`` relative.
+    """
+    size = (n_cols_half + 1) // 2
+    order = popcount(size).astype(np.float64)
+    jitter = np.random.default_rng(20260522).random(n_cols_half) * 0.1
+    weight = np.concatenate([order, order[1:] + 0.5]) + jitter
+    cost = 1.0 + TIE_BREAK * weight
+    cost[0] = 0.0  # A(0) is the bias, free
+    return cost
+
+
 def _highs(n_columns: int, n_cols_half: int, solver: str, iteration_limit: int | None = None):
     """A HiGHS instance holding the columns (costs, bounds) and no rows yet."""
     import highspy  # noqa: PLC0415
@@ -230,8 +254,7 @@ def _highs(n_columns: int, n_cols_half: int, solver: str, iteration_limit: int |
         h.setOptionValue("presolve", "off")  # keep the basis between rounds
     if iteration_limit is not None:
         h.setOptionValue("simplex_iteration_limit", int(iteration_limit))
-    cost = np.ones(n_columns)
-    cost[0] = cost[n_cols_half] = 0.0  # A(0) is the bias, free
+    cost = np.tile(_column_costs(n_cols_half), 2)
     h.addCols(
         n_columns, cost, np.zeros(n_columns), np.full(n_columns, highspy.kHighsInf),
         0, np.zeros(n_columns, dtype=np.int32), np.zeros(0, dtype=np.int32), np.zeros(0),
@@ -334,6 +357,24 @@ def _solve_lp(values: np.ndarray, eps: float, method: Method = "auto") -> tuple[
     return solved if solved is not None else _solve_full(values, eps, "ipm")
 
 
+def _singletons_as_and(a_coef: np.ndarray, b_coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Report a one-player effect as AND: OR({i}) and AND({i}) are the same function.
+
+    The LP is indifferent between them (any split of a one-player effect
+    costs the same), so which one a solver returns is an accident of its path;
+    fixing the convention keeps a sample's interactions comparable across
+    checkpoints and solvers. The fit is unchanged and the L1 objective cannot grow.
+    """
+    a_coef, b_coef = a_coef.copy(), b_coef.copy()
+    for i in range(_num_players(a_coef.size)):
+        single = 1 << i
+        # B({i}) adds B to v(S) for S without i = B - B * [i in S]
+        a_coef[0] += b_coef[single]
+        a_coef[single] -= b_coef[single]
+        b_coef[single] = 0.0
+    return a_coef, b_coef
+
+
 def _decompose_one(values: np.ndarray, noise_bound: float, method: Method = "auto") -> AndOrDecomposition:
     scale = float(np.max(np.abs(values)))
     eps = noise_bound * abs(values[-1] - values[0])
@@ -342,7 +383,7 @@ def _decompose_one(values: np.ndarray, noise_bound: float, method: Method = "aut
         b_coef = np.zeros_like(values)
     else:  # solve at unit scale: HiGHS tolerances are absolute
         a_coef, b_coef = _solve_lp(values / scale, eps / scale, method)
-        a_coef, b_coef = a_coef * scale, b_coef * scale
+        a_coef, b_coef = _singletons_as_and(a_coef * scale, b_coef * scale)
     fitted = zeta_transform(a_coef) + complement(zeta_transform(b_coef))
     q = np.clip(fitted - values, -eps, eps)
     v_and = zeta_transform(a_coef) - (fitted - values - q)  # absorb solver tolerance into AND
