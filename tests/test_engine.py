@@ -150,3 +150,24 @@ def test_out_of_memory_is_one_line_with_advice(tiny_llama, word_tokenizer):
             Broken(tiny_llama, out_of_memory), word_tokenizer, "my flight got cancelled again", "anger",
             n_players=3, selection="first", engine="naive",
         )
+
+
+def test_prefix_engine_with_attention_softcap_and_sliding_window():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(2)
+    config = Gemma2Config(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=256, sliding_window=16,
+        attn_logit_softcapping=1.0, final_logit_softcapping=5.0,
+    )
+    model = Gemma2ForCausalLM(config).eval()
+    with torch.no_grad():  # scores well past the cap, so that ignoring it would show (0.14 here)
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(30)
+            layer.self_attn.k_proj.weight.mul_(30)
+    game = MaskedGame(IDS, SPAN_LAYOUTS["multi_token"], target_id=7)
+    baseline = baseline_vector(model, None, "mean")
+    np.testing.assert_allclose(
+        PrefixEngine(model, baseline).values(game), NaiveEngine(model, baseline).values(game), atol=1e-4
+    )
