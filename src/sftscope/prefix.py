@@ -181,17 +181,20 @@ class PrefixEngine:
                 [[] for _ in range(self._layers)], 0, 1, 0,
             )
             per_sample.append(step.new)
-        segments = []
-        for layer in range(self._layers):
-            keys, values = [], []
-            for new, length in zip(per_sample, lengths):
-                like = next(p for p in per_sample if p is not None)[layer][0]
-                k, v = new[layer] if new is not None else (like[:, :, :, :0], like[:, :, :, :0])
-                pad = (0, 0, 0, width - length)  # right-pad the key axis; padded keys are invalid
-                keys.append(torch.nn.functional.pad(k, pad))
-                values.append(torch.nn.functional.pad(v, pad))
-            segments.append([Segment(torch.cat(keys, 1), torch.cat(values, 1), 0, 0, positions, valid)])
-        return segments
+        def padded(new, layer: int, which: int, length: int) -> torch.Tensor:
+            if new is None:  # no background: all keys invalid
+                like = next(p for p in per_sample if p is not None)[layer][which]
+                return like.new_zeros(*like.shape[:3], width, like.shape[-1])
+            return torch.nn.functional.pad(new[layer][which], (0, 0, 0, width - length))  # padded keys are invalid
+
+        return [
+            [Segment(
+                torch.cat([padded(new, layer, 0, n) for new, n in zip(per_sample, lengths)], 1),
+                torch.cat([padded(new, layer, 1, n) for new, n in zip(per_sample, lengths)], 1),
+                0, 0, positions, valid,
+            )]
+            for layer in range(self._layers)
+        ]
 
     def _extended(self, segments, step: TrieStep, bits: int) -> list[list[Segment]]:
         """Each layer's ancestors plus this pass's block, as the next level sees them."""
