@@ -166,29 +166,26 @@ def run_job(
     for k in range(0, len(job.samples), settings.batch_samples):
         batch = job.samples[k : k + settings.batch_samples]
         targets = {s: unit_path(run_dir, job.model_label, job.step, s) for s in batch}
-        if all(t.exists() for t in targets.values()):  # a retried job skips what its first attempt finished
+        missing = {s for s, t in targets.items() if not t.exists()}  # a retried job skips finished batches
+        if missing:  # the whole batch is evaluated, so its values do not depend on what was done before
+            requests = [
+                Request(probes[s].prompt, probes[s].response, probes[s].players,
+                        context=f"sample {s}, {job.model_label} step {job.step}")
+                for s in batch
+            ]
+            results = extract_many(
+                model, tokenizer, requests, baseline=settings.baseline, noise_bound=settings.noise_bound,
+                tau=settings.tau, engine=settings.engine, batch_samples=settings.batch_samples,
+            )
+            for sample, result in zip(batch, results):
+                if sample in missing:
+                    frame = result.to_dataframe().assign(
+                        sample=sample, split=probes[sample].split, step=job.step, model=job.model_label
+                    )
+                    write_unit(targets[sample], frame)
+                    written += 1
+        if on_unit:
             for _ in batch:
-                if on_unit:
-                    on_unit()
-            continue
-        requests = [
-            Request(probes[s].prompt, probes[s].response, probes[s].players,
-                    context=f"sample {s}, {job.model_label} step {job.step}")
-            for s in batch
-        ]
-        results = extract_many(
-            model, tokenizer, requests, baseline=settings.baseline, noise_bound=settings.noise_bound,
-            tau=settings.tau, engine=settings.engine, batch_samples=settings.batch_samples,
-        )
-        for sample, result in zip(batch, results):  # the whole batch is evaluated; only missing units written
-            if not targets[sample].exists():
-                probe = probes[sample]
-                frame = result.to_dataframe().assign(
-                    sample=sample, split=probe.split, step=job.step, model=job.model_label
-                )
-                write_unit(targets[sample], frame)
-                written += 1
-            if on_unit:
                 on_unit()
     return written
 

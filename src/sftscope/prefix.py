@@ -172,12 +172,12 @@ class PrefixEngine:
         positions = torch.arange(width, device=device).repeat(len(blocks), 1)
         valid = positions < torch.tensor(lengths, device=device)[:, None]
         per_sample = []
-        for emb, length in zip(embeds, lengths):
+        for b, (emb, length) in enumerate(zip(embeds, lengths)):
             if length == 0:
                 per_sample.append(None)
                 continue
             step = self._forward(
-                self._decoder, emb[None, :length], positions[:1, :length], torch.ones_like(valid[:1, :length]),
+                self._decoder, emb[None, :length], positions[b : b + 1, :length], valid[b : b + 1, :length],
                 [[] for _ in range(self._layers)], 0, 1, 0,
             )
             per_sample.append(step.new)
