@@ -107,17 +107,65 @@ def test_every_method_reaches_the_lp_optimum(method, kind, rng):
     assert result.matching_error < 1e-9
 
 
-def test_row_generation_falls_back_to_the_interior_point_method(rng, monkeypatch):
-    from sftscope import decompose
+def test_row_generation_hands_dense_games_to_the_interior_point_method(rng, monkeypatch):
+    from sftscope import decompose, interior_point
 
-    values = rng.standard_normal(1 << 8) * 2  # dense: row generation needs thousands of pivots
-    assert decompose._solve_rowgen(values, 0.05, iteration_budget=20) is None
-    calls = []
-    full = decompose._solve_full
-    monkeypatch.setattr(decompose, "_solve_full", lambda v, e, solver: calls.append(solver) or full(v, e, solver))
-    result = and_or_interactions(values, method="auto")
-    assert calls == ["ipm"]  # 2^n pivots were not enough
-    assert result.objective <= lp_optimum(values, 0.02) * 1.01
+    dense = rng.standard_normal(1 << 8) * 2  # white noise: row generation needs thousands of pivots
+    masks = np.arange(1 << 8)
+    sparse = 3.0 * ((masks & 0b11) == 0b11) - 2.0 * ((masks & 0b10100) != 0) + 0.01 * rng.standard_normal(1 << 8)
+    assert decompose._solve_rowgen(dense, 0.05, iteration_budget=1 << 7) is None
+    batches = []
+    solve = interior_point.solve_dense_games
+    monkeypatch.setattr(interior_point, "solve_dense_games", lambda v, *a, **k: batches.append(len(v)) or solve(v, *a, **k))
+    results = and_or_interactions(np.stack([dense, sparse, dense[::-1]]), method="auto")
+    assert batches == [2]  # both dense games, in one batch; the sparse one finished by row generation
+    assert results[0].objective <= lp_optimum(dense, 0.02) * 1.01
+    assert results[0].objective >= lp_optimum(dense, 0.02) * (1 - 1e-6)
+
+
+def test_interior_point_failure_falls_back_to_highs_with_a_warning(rng, monkeypatch, caplog):
+    from sftscope import interior_point
+
+    values = rng.standard_normal(1 << 7) * 2
+    solve = interior_point.solve_dense_games
+    monkeypatch.setattr(interior_point, "solve_dense_games", lambda *a, **k: solve(*a, **{**k, "max_iter": 3}))
+    with caplog.at_level("WARNING", logger="sftscope.decompose"):
+        result = and_or_interactions(values, method="ipm")
+    assert "did not converge on game 0" in caplog.text
+    assert result.objective == pytest.approx(lp_optimum(values, 0.02), rel=1e-4)
+
+
+def test_interior_point_games_do_not_interact(rng):
+    from sftscope.decompose import _column_costs
+    from sftscope.interior_point import solve_dense_games
+
+    games = rng.standard_normal((3, 1 << 7))
+    games /= np.abs(games).max(axis=1, keepdims=True)
+    eps = np.array([0.01, 0.02, 0.005])
+    costs = _column_costs(2 * (1 << 7) - 1)
+    together = solve_dense_games(games, eps, costs)
+    assert together[3].all()
+    for i in range(3):
+        alone = solve_dense_games(games[i : i + 1], eps[i : i + 1], costs)
+        np.testing.assert_allclose(alone[0][0], together[0][i], atol=1e-12)
+        np.testing.assert_allclose(alone[1][0], together[1][i], atol=1e-12)
+        assert alone[2][0] == together[2][i]
+
+
+def test_interior_point_rejects_a_zero_noise_bound(rng):
+    from sftscope.decompose import _column_costs
+    from sftscope.interior_point import solve_dense_games
+
+    with pytest.raises(SftscopeError, match="positive noise bound"):
+        solve_dense_games(rng.standard_normal((1, 16)), np.zeros(1), _column_costs(31))
+
+
+def test_zero_noise_bound_is_solved_exactly(rng):
+    values = rng.standard_normal(1 << 7)
+    for method in ("auto", "ipm"):
+        result = and_or_interactions(values, noise_bound=0.0, method=method)
+        assert np.all(result.q == 0)
+        assert result.objective == pytest.approx(lp_optimum(values, 0.0), rel=1e-6)
 
 
 def test_row_generation_needs_few_masks_on_a_sparse_game(rng, monkeypatch):
@@ -248,8 +296,10 @@ def test_every_method_picks_the_same_split_of_a_degenerate_game(rng):
     masks = np.arange(1 << n)
     values = 2.0 * ((masks & 1) != 0) + 1.5 * ((masks & 2) != 0) - 1.2 * ((masks & 0b1100) != 0)
     values = values + 0.8 * ((masks & 0b110000) == 0b110000) + 0.001 * rng.standard_normal(1 << n)
-    found = [
-        {(i.kind, i.mask, round(i.effect, 4)) for i in and_or_interactions(values, method=m).salient()}
-        for m in ("rowgen", "simplex", "ipm")
-    ]
+    results = [and_or_interactions(values, method=m) for m in ("rowgen", "simplex", "ipm")]
+    found = [{(i.kind, i.mask) for i in r.salient()} for r in results]
     assert found[0] == found[1] == found[2]
+    # simplex methods return the same vertex; interior point stops within a 1e-8 gap of it
+    np.testing.assert_allclose(results[0].and_effects, results[1].and_effects, atol=1e-6)
+    np.testing.assert_allclose(results[0].or_effects, results[2].or_effects, atol=1e-3)
+    np.testing.assert_allclose(results[0].and_effects, results[2].and_effects, atol=1e-3)
