@@ -39,7 +39,8 @@ STEP_FRACTION = 0.995  # of the way to the boundary
 CENTRALITY_CORRECTORS = 2
 REFINE_BELOW_MU = 1e-6  # one step of iterative refinement once the normal matrix gets ill-conditioned
 STALL_MERIT = 1e-6  # when progress stops below this, the best iterate is the answer
-CHUNK = 8  # games per batched solve: three (CHUNK, 2^n, 2^n) buffers
+MEMORY_PER_CHUNK = 2**29  # bytes of normal matrices held at once (8 games at n = 10)
+MAX_CHUNK = 8
 
 
 class _Iterate(NamedTuple):
@@ -82,13 +83,29 @@ class _Iterate(NamedTuple):
 
 
 @lru_cache(maxsize=4)
-def _lattice_indices(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``S & S'`` and ``~S & ~S'`` for every pair of masks: where M reads the two zeta vectors."""
+def _lattice_indices(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where M reads its entries: M[S, S'] = P[pair(S, S')] with P[k] = zeta_and[meet_k] + zeta_or[~join_k].
+
+    ``S & S'`` and ``S | S'`` together take only 3^n values (per player: in
+    neither, in one, in both), so M is one gather from a small table.
+    Returns (pair index of every (S, S'), meet_k, complement of join_k).
+    """
     size = 1 << n
     masks = torch.arange(size)
-    meet = masks[:, None] & masks[None, :]
-    meet_of_complements = (~masks[:, None] & ~masks[None, :]) & (size - 1)
-    return meet.reshape(-1), meet_of_complements.reshape(-1)
+    digits = torch.zeros(size, size, dtype=torch.long)
+    power = 1
+    for i in range(n):
+        bit = (masks >> i) & 1
+        digits += (bit[:, None] + bit[None, :]) * power
+        power *= 3
+    meet = torch.zeros(power, dtype=torch.long)
+    join = torch.zeros(power, dtype=torch.long)
+    ids = torch.arange(power)
+    for i in range(n):
+        digit = (ids // 3**i) % 3
+        meet |= (digit == 2).long() << i
+        join |= (digit >= 1).long() << i
+    return digits.reshape(-1), meet, (size - 1) ^ join
 
 
 def _butterfly(x: torch.Tensor, superset: bool) -> torch.Tensor:
@@ -141,8 +158,10 @@ def solve_dense_games(
         raise SftscopeError(f"expected values (B, 2^n) and eps (B,), got {values.shape} and {eps.shape}")
     if not (eps > 0).all():
         raise SftscopeError("the interior-point solver needs a positive noise bound for every game")
-    parts = [_solve_chunk(values[k : k + CHUNK], eps[k : k + CHUNK], costs, tol, max_iter)
-             for k in range(0, len(values), CHUNK)]
+    size = values.shape[1]
+    chunk = max(1, min(MAX_CHUNK, MEMORY_PER_CHUNK // (8 * size * size)))
+    parts = [_solve_chunk(values[k : k + chunk], eps[k : k + chunk], costs, tol, max_iter)
+             for k in range(0, len(values), chunk)]
     return (
         np.concatenate([p[0] for p in parts]),
         np.concatenate([p[1] for p in parts]),
@@ -155,7 +174,7 @@ def _solve_chunk(values, eps, costs, tol, max_iter):
     v = torch.as_tensor(values)
     e = torch.as_tensor(eps)[:, None]
     batch, size = v.shape
-    meet, meet_of_complements = _lattice_indices(size.bit_length() - 1)
+    pairs, meet, outside_join = _lattice_indices(size.bit_length() - 1)
     cost = torch.as_tensor(np.asarray(costs, dtype=np.float64))
     c_and = cost[:size].clone()
     c_and[0] = 1.0
@@ -180,7 +199,7 @@ def _solve_chunk(values, eps, costs, tol, max_iter):
     done = torch.zeros(batch, dtype=torch.bool)
     iterations = torch.zeros(batch, dtype=torch.long)
     # reused every iteration: fresh pages for 8 MB matrices cost as much as filling them
-    matrix_buf, spare_buf, factor_buf = (torch.empty(batch, size, size, dtype=torch.float64) for _ in range(3))
+    factor_buf = torch.empty(batch, size, size, dtype=torch.float64)
 
     for _ in range(max_iter):
         live = torch.nonzero(~done).flatten()
@@ -220,13 +239,26 @@ def _solve_chunk(values, eps, costs, tol, max_iter):
         theta_x = p.x / p.z
         theta_s = 1.0 / (p.zs / p.s + p.ws / p.u)
         k = live.numel()
-        matrix, spare, factor = matrix_buf[:k], spare_buf[:k], factor_buf[:k]
-        torch.index_select(_butterfly(theta_x[:, 0] + theta_x[:, 1], False), 1, meet, out=matrix.view(k, -1))
-        torch.index_select(_butterfly(theta_x[:, 2] + theta_x[:, 3], False), 1, meet_of_complements,
-                           out=spare.view(k, -1))
-        matrix.add_(spare)
-        matrix.diagonal(dim1=1, dim2=2).add_(theta_s)
-        _cholesky(matrix, factor)
+        factor = factor_buf[:k]
+        zeta_and = _butterfly(theta_x[:, 0] + theta_x[:, 1], False)
+        zeta_or = _butterfly(theta_x[:, 2] + theta_x[:, 3], False)
+
+        def normal_matrix(out: torch.Tensor, games=slice(None)) -> None:
+            table = zeta_and[games][:, meet] + zeta_or[games][:, outside_join]
+            torch.index_select(table, 1, pairs, out=out.view(out.shape[0], -1))
+            out.diagonal(dim1=1, dim2=2).add_(theta_s[games])
+
+        def times_matrix(y: torch.Tensor) -> torch.Tensor:
+            """M y for y of shape (k, size, r), through the transforms: M = Z D_and Z^T + J Z D_or Z^T J + D_noise."""
+            cols = y.mT
+            d_and = (theta_x[:, 0] + theta_x[:, 1])[:, None]
+            d_or = (theta_x[:, 2] + theta_x[:, 3])[:, None]
+            product = _butterfly(d_and * _butterfly(cols, True), False)
+            product += _butterfly(d_or * _butterfly(cols.flip(-1), True), False).flip(-1)
+            return (product + theta_s[:, None] * cols).mT
+
+        normal_matrix(factor)
+        _cholesky(factor, normal_matrix)
         refine = (mu < REFINE_BELOW_MU)[:, :, None]  # per game, so that games do not interact
         ones = torch.ones_like(p.y)
 
@@ -239,7 +271,7 @@ def _solve_chunk(values, eps, costs, tol, max_iter):
             wanted = torch.stack([h, ones], dim=2)
             sol = _solve(factor, wanted)
             if refine.any():
-                sol = torch.where(refine, sol + _solve(factor, wanted - torch.bmm(matrix, sol)), sol)
+                sol = torch.where(refine, sol + _solve(factor, wanted - times_matrix(sol)), sol)
             p1, p2 = sol[..., 0], sol[..., 1]
             dbias = (p1.sum(1, keepdim=True) - rd0) / p2.sum(1, keepdim=True)  # keeps sum(y) = 0
             dy = p1 - dbias * p2
@@ -302,24 +334,25 @@ def _solve(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(factor.mT, half, upper=True)
 
 
-def _cholesky(matrix: torch.Tensor, factor: torch.Tensor) -> None:
-    """Lower Cholesky factors of ``matrix`` into ``factor`` (upper triangle left as is).
+def _cholesky(factor: torch.Tensor, rebuild) -> None:
+    """Lower Cholesky factors of the matrices in ``factor``, in place (upper triangles left as they are).
 
     LAPACK's potrf in place: torch's own Cholesky zeroes the other triangle,
     which costs more than the factorisation here. A matrix that lost
-    definiteness to rounding gets a growing diagonal shift.
+    definiteness to rounding is rebuilt (``rebuild(out, games)``) with a
+    growing diagonal shift.
     """
     from scipy.linalg import lapack  # noqa: PLC0415
 
-    factor.copy_(matrix)
-    for one, original in zip(factor.numpy(), matrix.numpy()):
+    for g, one in enumerate(factor.numpy()):
+        scale = float(one.diagonal().max())
         # a C-ordered symmetric matrix is its own transpose in Fortran order: its upper factor is our lower one
         _, info = lapack.dpotrf(one.T, lower=0, clean=0, overwrite_a=1)
-        shift = 1e-14 * float(original.diagonal().max())
+        shift = 1e-14 * scale
         while info > 0:
-            if shift > 1e-2 * float(original.diagonal().max()):
+            if shift > 1e-2 * scale:
                 raise SftscopeError("interior-point normal matrix is not positive definite")
-            one[...] = original
+            rebuild(factor[g : g + 1], slice(g, g + 1))
             one[np.diag_indices_from(one)] += shift
             _, info = lapack.dpotrf(one.T, lower=0, clean=0, overwrite_a=1)
             shift *= 100
