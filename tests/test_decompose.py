@@ -123,6 +123,23 @@ def test_row_generation_hands_dense_games_to_the_interior_point_method(rng, monk
     assert results[0].objective >= lp_optimum(dense, 0.02) * (1 - 1e-6)
 
 
+def test_a_mixed_batch_gives_every_game_its_own_answer(rng):
+    # a sparse game (row generation), a dense one (our interior point), a dense one with v(N) = v(0)
+    # (zero noise bound: HiGHS's interior point); each must get the answer it gets alone
+    n = 8
+    masks = np.arange(1 << n)
+    sparse = 3.0 * ((masks & 0b11) == 0b11) - 2.0 * ((masks & 0b10100) != 0) + 0.01 * rng.standard_normal(1 << n)
+    dense = rng.standard_normal(1 << n) * 2
+    flat_ends = rng.standard_normal(1 << n)
+    flat_ends[-1] = flat_ends[0]
+    games = np.stack([sparse, dense, flat_ends])
+    together = and_or_interactions(games)
+    for game, result in zip(games, together):
+        alone = and_or_interactions(game, method="simplex")
+        assert result.objective == pytest.approx(alone.objective, rel=1e-6)
+        np.testing.assert_array_equal(result.values, game)
+
+
 def test_interior_point_failure_falls_back_to_highs_with_a_warning(rng, monkeypatch, caplog):
     from sftscope import interior_point
 
@@ -303,3 +320,18 @@ def test_every_method_picks_the_same_split_of_a_degenerate_game(rng):
     np.testing.assert_allclose(results[0].and_effects, results[1].and_effects, atol=1e-6)
     np.testing.assert_allclose(results[0].or_effects, results[2].or_effects, atol=1e-3)
     np.testing.assert_allclose(results[0].and_effects, results[2].and_effects, atol=1e-3)
+
+
+def test_interior_point_normal_matrix_has_the_lattice_closed_form(rng):
+    from sftscope.interior_point import _lattice_indices
+
+    n = 5
+    size = 1 << n
+    masks = np.arange(size)
+    on_and = ((masks[:, None] & masks[None, :]) == masks[None, :]).astype(float)  # [S, T]: T inside S
+    on_or = ((masks[:, None] & masks[None, :]) == 0).astype(float)  # [S, T]: T inside N \ S
+    d_and, d_or = rng.random(size), rng.random(size)
+    dense = on_and @ np.diag(d_and) @ on_and.T + on_or @ np.diag(d_or) @ on_or.T
+    pairs, meet, outside_join = (t.numpy() for t in _lattice_indices(n))
+    table = zeta_transform(d_and)[meet] + zeta_transform(d_or)[outside_join]
+    np.testing.assert_allclose(table[pairs].reshape(size, size), dense, atol=1e-12)

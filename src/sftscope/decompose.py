@@ -357,41 +357,48 @@ def _solve_games(
     games at n = 10 mostly are) in about half a second.
     """
     n = _num_players(values.shape[1])
-
-    def each(solve, rows):
-        if workers <= 1 or len(rows) <= 1:
-            return [solve(values[i], eps[i]) for i in rows]
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # HiGHS releases the GIL
-            return list(pool.map(lambda i: solve(values[i], eps[i]), rows))
-
-    rows = range(len(values))
     if method == "simplex" or (method == "auto" and n <= 6):
-        return each(lambda v, e: _solve_full(v, e, "simplex"), rows)
+        return _each_game(lambda v, e: _solve_full(v, e, "simplex"), values, eps, workers)
     if method == "rowgen":
-        return each(lambda v, e: _solve_rowgen(v, e, None), rows)
-    solved = [None] * len(values) if method == "ipm" else each(lambda v, e: _solve_rowgen(v, e, v.size // 2), rows)
-    dense = [i for i in rows if solved[i] is None]
-    for i, coefficients in zip(dense, _solve_dense(values[dense], eps[dense], each)):
+        return _each_game(lambda v, e: _solve_rowgen(v, e, None), values, eps, workers)
+    if method == "ipm":
+        solved = [None] * len(values)
+    else:
+        solved = _each_game(lambda v, e: _solve_rowgen(v, e, v.size // 2), values, eps, workers)
+    dense = np.array([i for i, found in enumerate(solved) if found is None], dtype=int)
+    for i, coefficients in zip(dense, _solve_dense(values[dense], eps[dense], dense, workers)):
         solved[i] = coefficients
     return solved
 
 
-def _solve_dense(values: np.ndarray, eps: np.ndarray, each) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Dense games: our batched interior point; HiGHS's for games it cannot take or did not finish."""
+def _each_game(solve, values: np.ndarray, eps: np.ndarray, workers: int) -> list:
+    """``solve(v, eps)`` for every game, on ``workers`` threads (HiGHS releases the GIL)."""
+    if workers <= 1 or len(values) <= 1:
+        return [solve(v, e) for v, e in zip(values, eps)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(solve, values, eps))
+
+
+def _solve_dense(values: np.ndarray, eps: np.ndarray, names: np.ndarray, workers: int) -> list:
+    """Dense games: our batched interior point; HiGHS's for games it cannot take or did not finish.
+
+    ``names`` are the games' positions in the caller's batch, for the warning.
+    """
     if len(values) == 0:
         return []
     n = _num_players(values.shape[1])
     ours = np.flatnonzero(eps > 0) if n <= DENSE_SOLVER_MAX_PLAYERS else np.zeros(0, dtype=int)
     solved = [None] * len(values)
     if ours.size:
-        and_coef, or_coef, _, converged = interior_point.solve_dense_games(values[ours], eps[ours], _column_costs(2 * values.shape[1] - 1))
+        costs = _column_costs(2 * values.shape[1] - 1)
+        and_coef, or_coef, _, converged = interior_point.solve_dense_games(values[ours], eps[ours], costs)
         for k, i in enumerate(ours):
             if converged[k]:
                 solved[i] = (and_coef[k], or_coef[k])
             else:
-                logger.warning("interior-point solver did not converge on game %d; solving it with HiGHS instead", i)
-    rest = [i for i in range(len(values)) if solved[i] is None]
-    for i, coefficients in zip(rest, each(lambda v, e: _solve_full(v, e, "ipm"), rest)):
+                logger.warning("interior-point solver did not converge on game %d; solving it with HiGHS", names[i])
+    rest = np.array([i for i, found in enumerate(solved) if found is None], dtype=int)
+    for i, coefficients in zip(rest, _each_game(lambda v, e: _solve_full(v, e, "ipm"), values[rest], eps[rest], workers)):
         solved[i] = coefficients
     return solved
 
