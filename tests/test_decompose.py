@@ -335,3 +335,14 @@ def test_interior_point_normal_matrix_has_the_lattice_closed_form(rng):
     pairs, meet, outside_join = (t.numpy() for t in _lattice_indices(n))
     table = zeta_transform(d_and)[meet] + zeta_transform(d_or)[outside_join]
     np.testing.assert_allclose(table[pairs].reshape(size, size), dense, atol=1e-12)
+
+
+def test_an_indefinite_normal_matrix_sends_the_game_to_highs(rng, monkeypatch, caplog):
+    from scipy.linalg import lapack
+
+    values = rng.standard_normal(1 << 6) * 2
+    monkeypatch.setattr(lapack, "dpotrf", lambda a, **k: (a, 1))  # every factorisation fails
+    with caplog.at_level("WARNING", logger="sftscope.decompose"):
+        result = and_or_interactions(values, method="ipm")
+    assert "did not converge on game 0" in caplog.text
+    assert result.objective == pytest.approx(lp_optimum(values, 0.02), rel=1e-4)

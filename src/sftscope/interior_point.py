@@ -40,8 +40,8 @@ STEP_FRACTION = 0.995  # of the way to the boundary
 CENTRALITY_CORRECTORS = 2
 REFINE_BELOW_MU = 1e-6  # one step of iterative refinement once the normal matrix gets ill-conditioned
 STALL_MERIT = 1e-6  # when progress stops below this, the best iterate is the answer
-MEMORY_PER_CHUNK = 2**29  # bytes of normal matrices held at once (8 games at n = 10)
-MAX_CHUNK = 8
+MEMORY_PER_CHUNK = 2**29  # bytes of normal matrices held at once: 4 games at n = 12
+MAX_CHUNK = 8  # games per batch at n <= 11
 
 
 class _Iterate(NamedTuple):
@@ -241,8 +241,9 @@ def _solve_chunk(values, eps, costs, tol, max_iter):
         theta_s = 1.0 / (p.zs / p.s + p.ws / p.u)
         k = live.numel()
         factor = factor_buf[:k]
-        zeta_and = _butterfly(theta_x[:, 0] + theta_x[:, 1], False)
-        zeta_or = _butterfly(theta_x[:, 2] + theta_x[:, 3], False)
+        d_and = theta_x[:, 0] + theta_x[:, 1]
+        d_or = theta_x[:, 2] + theta_x[:, 3]
+        zeta_and, zeta_or = _butterfly(d_and, False), _butterfly(d_or, False)
 
         def normal_matrix(out: torch.Tensor, games=slice(None)) -> None:
             table = zeta_and[games][:, meet] + zeta_or[games][:, outside_join]
@@ -252,14 +253,15 @@ def _solve_chunk(values, eps, costs, tol, max_iter):
         def times_matrix(y: torch.Tensor) -> torch.Tensor:
             """M y for y of shape (k, size, r), through the transforms: M = Z D_and Z^T + J Z D_or Z^T J + D_noise."""
             cols = y.mT
-            d_and = (theta_x[:, 0] + theta_x[:, 1])[:, None]
-            d_or = (theta_x[:, 2] + theta_x[:, 3])[:, None]
-            product = _butterfly(d_and * _butterfly(cols, True), False)
-            product += _butterfly(d_or * _butterfly(cols.flip(-1), True), False).flip(-1)
+            product = _butterfly(d_and[:, None] * _butterfly(cols, True), False)
+            product += _butterfly(d_or[:, None] * _butterfly(cols.flip(-1), True), False).flip(-1)
             return (product + theta_s[:, None] * cols).mT
 
         normal_matrix(factor)
-        _cholesky(factor, normal_matrix)
+        broken = _cholesky(factor, normal_matrix)
+        if broken.any():  # such a game keeps its best iterate (converged only if that is good enough)
+            done[live[broken]] = True
+            factor[broken] = torch.eye(size, dtype=torch.float64)
         refine = (mu < REFINE_BELOW_MU)[:, :, None]  # per game, so that games do not interact
         ones = torch.ones_like(p.y)
 
@@ -335,25 +337,26 @@ def _solve(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(factor.mT, half, upper=True)
 
 
-def _cholesky(factor: torch.Tensor, rebuild) -> None:
+def _cholesky(factor: torch.Tensor, rebuild) -> torch.Tensor:
     """Lower Cholesky factors of the matrices in ``factor``, in place (upper triangles left as they are).
 
     LAPACK's potrf in place: torch's own Cholesky zeroes the other triangle,
     which costs more than the factorisation here. A matrix that lost
     definiteness to rounding is rebuilt (``rebuild(out, games)``) with a
-    growing diagonal shift.
+    growing diagonal shift; returns which games stayed indefinite.
     """
     from scipy.linalg import lapack  # noqa: PLC0415
 
+    broken = torch.zeros(factor.shape[0], dtype=torch.bool)
     for g, one in enumerate(factor.numpy()):
         scale = float(one.diagonal().max())
         # a C-ordered symmetric matrix is its own transpose in Fortran order: its upper factor is our lower one
         _, info = lapack.dpotrf(one.T, lower=0, clean=0, overwrite_a=1)
         shift = 1e-14 * scale
-        while info > 0:
-            if shift > 1e-2 * scale:
-                raise SftscopeError("interior-point normal matrix is not positive definite")
+        while info > 0 and shift <= 1e-2 * scale:
             rebuild(factor[g : g + 1], slice(g, g + 1))
             one[np.diag_indices_from(one)] += shift
             _, info = lapack.dpotrf(one.T, lower=0, clean=0, overwrite_a=1)
             shift *= 100
+        broken[g] = info != 0
+    return broken
