@@ -20,8 +20,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from sftscope.analyze import AnalysisSettings, analyze, load_effects
-from sftscope.train import checkpoint_dirs
+from sftscope.analyze import analyze
+from sftscope.config import AnalysisSettings
+from sftscope.store import RunFolder, load_effects
 
 KEYS = ["model", "step", "sample", "kind", "bitmask"]
 
@@ -49,7 +50,7 @@ def main() -> None:
     import ray
 
     run = Path(args.run_dir).resolve()
-    steps = list(checkpoint_dirs(run))
+    steps = list(RunFolder(run).checkpoints())
     keep = sorted(set(steps[:: max(1, len(steps) // args.checkpoints)][: args.checkpoints]) | {steps[0]})
     settings = AnalysisSettings(samples_per_split=args.samples, n_players=args.players)
     tmp = Path(tempfile.mkdtemp())

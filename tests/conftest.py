@@ -79,7 +79,8 @@ def word_tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_llama, word_tokenizer):
-    from sftscope.train import config_from_dict, train
+    from sftscope.config import config_from_dict
+    from sftscope.train import train
 
     root = tmp_path_factory.mktemp("run")
     model_dir = root / "tiny-model"

@@ -4,7 +4,9 @@ import pandas as pd
 import pytest
 
 from sftscope import SftscopeError
-from sftscope.analyze import AnalysisSettings, analyze, load_effects, unit_path, write_unit
+from sftscope.analyze import analyze
+from sftscope.config import AnalysisSettings
+from sftscope.store import RunFolder, load_effects, write_unit
 
 
 SETTINGS = AnalysisSettings(samples_per_split=2, n_players=4, batch_samples=2)  # batches of samples, as on a GPU
@@ -21,7 +23,7 @@ def test_analysis_resumes_to_the_same_rows(tiny_run, monkeypatch):
     assert len(summary["findings"]) == 5
 
     # crash after one more batch of units, then resume: same rows, nothing duplicated
-    for path in list(unit_path(tiny_run, "target", 0, "x").parents[1].glob("step-*/*.parquet"))[:5]:
+    for path in list(RunFolder(tiny_run).unit("target", 0, "x").parents[1].glob("step-*/*.parquet"))[:5]:
         path.unlink()
     real = extract_module.extract_many
     calls = {"n": 0}
@@ -71,7 +73,8 @@ def test_manifest_lists_the_finished_units(tiny_run):
 
 
 def test_jobs_hold_whole_batches_of_samples(tmp_path):
-    from sftscope.analyze import Probe, plan_jobs
+    from sftscope.jobs import plan_jobs
+    from sftscope.probes import Probe
     from sftscope.players import Players
 
     probes = [Probe(f"s{i}", "test", "p", "r", Players((), (), ())) for i in range(7)]
@@ -79,9 +82,9 @@ def test_jobs_hold_whole_batches_of_samples(tmp_path):
     jobs = plan_jobs(tmp_path, samples_per_job=3, batch_samples=2, **plan)
     # batches (s0 s1) (s2 s3) (s4 s5) (s6); 3 samples per job round up to 2 whole batches
     assert [j.samples for j in jobs] == [("s0", "s1", "s2", "s3"), ("s4", "s5", "s6")]
-    write_unit(unit_path(tmp_path, "target", 0, "s0"), pd.DataFrame({"x": [1]}))
-    write_unit(unit_path(tmp_path, "target", 0, "s2"), pd.DataFrame({"x": [1]}))
-    write_unit(unit_path(tmp_path, "target", 0, "s3"), pd.DataFrame({"x": [1]}))
+    write_unit(RunFolder(tmp_path).unit("target", 0, "s0"), pd.DataFrame({"x": [1]}))
+    write_unit(RunFolder(tmp_path).unit("target", 0, "s2"), pd.DataFrame({"x": [1]}))
+    write_unit(RunFolder(tmp_path).unit("target", 0, "s3"), pd.DataFrame({"x": [1]}))
     # (s2 s3) is done; (s0 s1) is still run whole, so s1 gets the values it would have had
     assert [j.samples for j in plan_jobs(tmp_path, batch_samples=2, **plan)] == [("s0", "s1", "s4", "s5", "s6")]
     with pytest.raises(SftscopeError, match="batch_samples must be >= 1"):

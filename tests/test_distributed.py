@@ -9,7 +9,9 @@ import time
 import pandas as pd
 import pytest
 
-from sftscope.analyze import AnalysisSettings, analyze, load_effects
+from sftscope.analyze import analyze
+from sftscope.config import AnalysisSettings
+from sftscope.store import load_effects
 
 ray = pytest.importorskip("ray", reason="pip install 'ray[default]'")
 

@@ -5,9 +5,10 @@ import pytest
 
 from sftscope import SftscopeError
 from sftscope.dynamics import (
-    StageRule, dynamics_table, encoded, generalizability, interval_flows, order_distribution, sample_types,
-    stage_boundary, summarize, type_utility, uncancelled_ratio,
+    dynamics_table, encoded, generalizability, interval_flows, order_distribution, sample_types, summarize,
+    type_utility, uncancelled_ratio,
 )
+from sftscope.stopping import StageRule, stage_boundary
 
 
 def effects_frame(spec, model="target", split="train"):
@@ -120,7 +121,7 @@ def test_order_table_pools_samples():
 
 
 def test_early_and_late_emerged_split_at_the_boundary():
-    from sftscope.analyze import AnalysisSettings, early_late_quality, final_types
+    from sftscope.findings import early_late_quality, final_types
 
     spec = {("s", 0): {("AND", 1): 1.0, ("AND", 6): 0.5},
             ("s", 4): {("AND", 1): 1.0, ("AND", 2): 0.8},                     # AND 2 emerges early
@@ -128,11 +129,11 @@ def test_early_and_late_emerged_split_at_the_boundary():
     target = effects_frame(spec)
     base = effects_frame({("s", 9): {("AND", 2): 0.3}}, model="baseline")
     effects = pd.concat([target, base])
-    types = final_types(effects, boundary=4, settings=AnalysisSettings())
+    types = final_types(effects, boundary=4)
     sets = types[("train", "s")]
     assert set(sets["early_emerged"]) == {("AND", 2)}
     assert set(sets["late_emerged"]) == {("AND", 12), ("OR", 12)}
     assert set(sets["removed"]) == {("AND", 6)} and set(sets["preserved"]) == {("AND", 1)}
-    quality = early_late_quality(effects, types, AnalysisSettings())
+    quality = early_late_quality(effects, types)
     assert quality["early_emerged"] == {"r_gen": 1.0, "rho": 1.0}
     assert quality["late_emerged"] == {"r_gen": 0.0, "rho": 0.0}

@@ -5,9 +5,10 @@ import pytest
 
 from sftscope import SftscopeError
 from sftscope.data import Pair
-from sftscope.dynamics import StageRule
+from sftscope.stopping import StageRule
 from sftscope.monitor import InteractionMonitor
-from sftscope.train import build_trainer, config_from_dict
+from sftscope.config import config_from_dict
+from sftscope.train import build_trainer
 
 PROBES = [Pair("classify emotion : we won the game today so great", "joy"),
           Pair("classify emotion : my flight got cancelled again today", "anger")]

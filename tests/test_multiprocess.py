@@ -10,10 +10,11 @@ import pytest
 SCRIPT = textwrap.dedent('''
     import json, os, sys
     from sftscope.data import Pair
-    from sftscope.dynamics import StageRule
+    from sftscope.stopping import StageRule
     from sftscope.models import load_model_and_tokenizer
     from sftscope.monitor import InteractionMonitor
-    from sftscope.train import build_trainer, config_from_dict
+    from sftscope.config import config_from_dict
+    from sftscope.train import build_trainer
 
     out, model_dir, data = sys.argv[1:4]
     model, tok = load_model_and_tokenizer(model_dir)

@@ -4,7 +4,8 @@ import pytest
 
 from sftscope import SftscopeError
 from sftscope.cli import main
-from sftscope.pipeline import load_run_config, run, run_config_from_dict
+from sftscope.config import load_run_config, run_config_from_dict
+from sftscope.pipeline import run
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from sftscope.analyze import AnalysisSettings, analyze
+from sftscope.analyze import analyze
+from sftscope.config import AnalysisSettings
 from sftscope.report import build_report
 
 SETTINGS = AnalysisSettings(samples_per_split=2, n_players=4)

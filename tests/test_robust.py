@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 
 from sftscope import SftscopeError
-from sftscope.analyze import AnalysisSettings, analyze, load_effects
-from sftscope.lock import LOCK_NAME, run_lock
+from sftscope.analyze import analyze
+from sftscope.config import AnalysisSettings
+from sftscope.store import LOCK_NAME, load_effects, run_lock
 
 KEYS = ["model", "step", "sample", "kind", "bitmask"]
 SCRIPT = (
-    "import sys; from sftscope.analyze import AnalysisSettings, analyze; "
+    "import sys; from sftscope.analyze import analyze; from sftscope.config import AnalysisSettings; "
     "analyze(sys.argv[1], AnalysisSettings(samples_per_split=2, n_players=5))"
 )
 

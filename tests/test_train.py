@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from sftscope import SftscopeError
-from sftscope.train import (
-    build_trainer, checkpoint_dirs, checkpoint_steps, config_from_dict, load_checkpoint,
-    load_config, read_losses, train,
-)
+from sftscope.config import config_from_dict, load_config
+from sftscope.models import load_checkpoint
+from sftscope.store import RunFolder, read_losses
+from sftscope.train import build_trainer, checkpoint_steps, train
 
 
 def test_checkpoint_schedule():
@@ -67,8 +67,8 @@ def test_tiny_run_makes_exactly_the_scheduled_checkpoints(tmp_path, tiny_data, t
 
     base = copy.deepcopy(tiny_llama)
     run = train(tiny_config(tmp_path, tiny_data), model=copy.deepcopy(tiny_llama), tokenizer=word_tokenizer)
-    assert sorted(checkpoint_dirs(run)) == [0, 1, 2, 4, 6]
-    for folder in checkpoint_dirs(run).values():
+    assert sorted(RunFolder(run).checkpoints()) == [0, 1, 2, 4, 6]
+    for folder in RunFolder(run).checkpoints().values():
         names = {p.name for p in folder.iterdir()}
         assert "adapter_model.safetensors" in names and not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
     losses = read_losses(run)
@@ -79,8 +79,8 @@ def test_tiny_run_makes_exactly_the_scheduled_checkpoints(tmp_path, tiny_data, t
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         ref = base(ids).logits
-        same = load_checkpoint(base, checkpoint_dirs(run)[0])(ids).logits
-        moved = load_checkpoint(base, checkpoint_dirs(run)[6])(ids).logits
+        same = load_checkpoint(base, RunFolder(run).checkpoints()[0])(ids).logits
+        moved = load_checkpoint(base, RunFolder(run).checkpoints()[6])(ids).logits
     assert torch.allclose(ref, same, atol=1e-6)
     assert not torch.allclose(ref, moved, atol=1e-3)
     assert torch.allclose(base(ids).logits, ref)  # base untouched

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -46,12 +45,14 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, load_config, read_losses, train  # noqa: PLC0415
+    from .config import TrainConfig, load_config  # noqa: PLC0415
+    from .store import read_losses  # noqa: PLC0415
+    from .train import train  # noqa: PLC0415
 
     config = load_config(args.config) if args.config else TrainConfig()
     if args.output_dir:
         config.output_dir = args.output_dir
-    run = train(config)
+    run = train(config, progress=None if args.quiet else _progress())
     if os.environ.get("RANK", "0") != "0":  # under torchrun/accelerate, rank 0 reports
         return 0
     print(f"run folder: {run}")
@@ -62,7 +63,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .analyze import AnalysisSettings, analyze  # noqa: PLC0415
+    from .analyze import analyze  # noqa: PLC0415
+    from .config import AnalysisSettings  # noqa: PLC0415
 
     settings = AnalysisSettings(
         samples_per_split=args.samples, n_players=args.players, seed=args.seed, tau=args.tau,
@@ -85,7 +87,8 @@ def _print_answer(summary: dict) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pipeline import demo_config, load_run_config, run  # noqa: PLC0415
+    from .config import load_run_config  # noqa: PLC0415
+    from .pipeline import demo_config, run  # noqa: PLC0415
 
     config = demo_config(args.out, args.quick) if args.command == "demo" else load_run_config(args.config)
     if args.command == "run" and args.output_dir:
@@ -141,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="LoRA SFT with checkpoints dense early (TRL + PEFT)")
     tr.add_argument("config", nargs="?", help="YAML config (defaults: SmolLM2-135M on the shipped emotions data)")
     tr.add_argument("--output-dir", help="run folder (overrides the config's output_dir)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_train)
 
     an = sub.add_parser("analyze", help="interactions at every checkpoint of a run, dynamics, stopping point")
@@ -175,13 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.verbose:
-        from transformers.utils import logging as hf_logging  # noqa: PLC0415
+    from .console import closing_note, route_output  # noqa: PLC0415
 
-        hf_logging.disable_progress_bar()
+    route_output(verbose=args.verbose, debug=args.debug)
     try:
-        return args.func(args)
+        status = args.func(args)
+        note = closing_note()
+        if note:
+            print(f"sftscope: {note}", file=sys.stderr)
+        return status
     except SftscopeError as exc:
         if args.debug:
             raise

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .config import DataSettings
 from .errors import SftscopeError
 
 EMBEDDED_DATASETS = {"emotions": "emotions"}
@@ -228,6 +229,22 @@ def load_splits(
         raise SftscopeError(f"{train}: {len(pairs)} examples are too few to split into train and test")
     test_idx = set(order[:n_test])
     return [p for i, p in enumerate(pairs) if i not in test_idx], [p for i, p in enumerate(pairs) if i in test_idx]
+
+
+def split_pairs(settings: DataSettings) -> tuple[list[Pair], list[Pair]]:
+    """The train and test pairs a config describes, truncated to its example limits."""
+    train, test = load_splits(
+        settings.train, settings.test, test_ratio=settings.test_ratio, seed=settings.seed,
+        prompt_column=settings.prompt_column, response_column=settings.response_column, template=settings.template,
+        label_names=settings.label_names,
+    )
+    if settings.max_train_examples:
+        train = train[: settings.max_train_examples]
+    if settings.max_test_examples:
+        test = test[: settings.max_test_examples]
+    if not train or not test:
+        raise SftscopeError("empty split: both train and test need examples")
+    return train, test
 
 
 def to_plain(pairs: Iterable[Pair]):

@@ -24,9 +24,12 @@ the fast transforms, and universal matching is checked on the result.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -248,11 +251,40 @@ def _column_costs(n_cols_half: int) -> np.ndarray:
     return cost
 
 
+_BANNER_LOCK = threading.Lock()
+_banner_shown = False
+
+
+def _new_highs():
+    """A fresh ``highspy.Highs``; the first one of a process prints HiGHS's banner to stdout, sent to /dev/null.
+
+    The banner comes from C++ at construction, before any option can turn it off.
+    """
+    import highspy  # noqa: PLC0415
+
+    global _banner_shown
+    with _BANNER_LOCK:
+        if _banner_shown:
+            return highspy.Highs()
+        sys.stdout.flush()
+        saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        try:
+            h = highspy.Highs()
+            ctypes.CDLL(None).fflush(None)  # C buffers hold the banner until flushed
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(null)
+        _banner_shown = True
+        return h
+
+
 def _highs(m: int, solver: str):
     """A HiGHS instance holding the ``2 m`` columns (x_plus, x_minus: costs, bounds) and no rows yet."""
     import highspy  # noqa: PLC0415
 
-    h = highspy.Highs()
+    h = _new_highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", 1)
     h.setOptionValue("solver", solver)

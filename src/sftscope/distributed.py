@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import SftscopeError
+from .jobs import plan_jobs, run_job
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ def _job_main(run_dir: str, job, probes, settings) -> int:
     """Runs inside a Ray worker."""
     import torch  # noqa: PLC0415
 
-    from .analyze import run_job  # noqa: PLC0415
     from .models import load_model_and_tokenizer  # noqa: PLC0415
 
     if job.model_name not in _MODELS:
@@ -53,7 +53,6 @@ def extract_with_ray(
         import ray  # noqa: PLC0415
     except ImportError:
         raise SftscopeError("--ray needs Ray: pip install 'ray[default]'") from None
-    from .analyze import plan_jobs  # noqa: PLC0415
 
     jobs = [
         job

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pandas as pd
 
 from .decompose import AndOrDecomposition, Interaction, popcount
 from .players import Players
+from .store import atomic_write
 
 EFFECT_COLUMNS = ["kind", "bitmask", "words", "order", "effect", "salient", "value", "q"]
 
@@ -106,17 +106,3 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta.get(b"sftscope", b"{}"))
-
-
-def atomic_write(path: Path, write) -> Path:
-    """Write through a temporary file in the same folder and rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

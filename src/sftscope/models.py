@@ -147,3 +147,19 @@ def load_model_and_tokenizer(
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def load_checkpoint(base_model, checkpoint: str | os.PathLike):
+    """The base model with a checkpoint's LoRA adapter merged in (for fast extraction).
+
+    ``base_model`` is not modified: the adapter is applied to a copy.
+    """
+    import copy  # noqa: PLC0415
+
+    from peft import PeftModel  # noqa: PLC0415
+
+    path = Path(checkpoint)
+    if not (path / "adapter_model.safetensors").exists():
+        raise SftscopeError(f"{path}: no adapter_model.safetensors")
+    merged = PeftModel.from_pretrained(copy.deepcopy(base_model), str(path)).merge_and_unload()
+    return merged.eval()

@@ -26,7 +26,8 @@ import pandas as pd
 from transformers import TrainerCallback
 
 from .data import Pair
-from .dynamics import StageRule, detect_boundary, interval_flows
+from .dynamics import interval_flows
+from .stopping import StageRule, detect_boundary
 from .errors import SftscopeError
 
 log = logging.getLogger(__name__)

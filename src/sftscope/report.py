@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import pandas as pd
 
 from .decompose import reconstruct
 from .errors import SftscopeError
-from .interactions import atomic_write
+from .probes import load_probes
+from .store import RunFolder, atomic_write, load_effects, read_json, read_losses, write_text
 
 COLORS = {"preserved": "#1b7837", "removed": "#b2182b", "emerged": "#2166ac",
           "early_emerged": "#67a9cf", "late_emerged": "#053061"}
@@ -44,7 +44,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def figure_types(dynamics: pd.DataFrame, boundary: int, out: Path) -> Path:
+def figure_types(dynamics: pd.DataFrame, boundary: int, path: Path) -> Path:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     last = int(dynamics["step"].max())
@@ -57,10 +57,10 @@ def figure_types(dynamics: pd.DataFrame, boundary: int, out: Path) -> Path:
         ax.set_xlabel("SFT step")
         ax.set_title(f"{title} (mean per sample)")
     axes[0].legend(fontsize=8)
-    return _save(fig, out / "types.png")
+    return _save(fig, path)
 
 
-def figure_orders(orders: pd.DataFrame, step: int, out: Path) -> Path:
+def figure_orders(orders: pd.DataFrame, step: int, path: Path) -> Path:
     """Order distributions of each type at ``step``, pooled over samples (analysis/orders.csv)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
@@ -72,10 +72,10 @@ def figure_orders(orders: pd.DataFrame, step: int, out: Path) -> Path:
         ax.set_title(f"{name} at step {step}: strength by order")
         ax.set_xlabel("order (number of words)")
     axes[0].set_ylabel("positive up, negative down")
-    return _save(fig, out / "orders.png")
+    return _save(fig, path)
 
 
-def figure_quality(dynamics: pd.DataFrame, boundary: int, out: Path) -> Path:
+def figure_quality(dynamics: pd.DataFrame, boundary: int, path: Path) -> Path:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     last = int(dynamics["step"].max())
@@ -89,10 +89,10 @@ def figure_quality(dynamics: pd.DataFrame, boundary: int, out: Path) -> Path:
         ax.set_xlabel("SFT step")
         ax.set_title(title)
     axes[0].legend(fontsize=8)
-    return _save(fig, out / "quality.png")
+    return _save(fig, path)
 
 
-def figure_utility(utility: dict[str, float], out: Path) -> Path:
+def figure_utility(utility: dict[str, float], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     names = list(utility)
@@ -100,10 +100,10 @@ def figure_utility(utility: dict[str, float], out: Path) -> Path:
     ax.set_ylabel("cross-entropy on test samples")
     ax.set_title("predicting the target from one type alone")
     ax.tick_params(axis="x", labelsize=8)
-    return _save(fig, out / "utility.png")
+    return _save(fig, path)
 
 
-def figure_losses(losses: pd.DataFrame, recommended: int, min_test: int, out: Path) -> Path:
+def figure_losses(losses: pd.DataFrame, recommended: int, min_test: int, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     ax.plot(losses["step"], losses["train_loss"], marker="o", ms=3, label="train loss")
@@ -115,10 +115,10 @@ def figure_losses(losses: pd.DataFrame, recommended: int, min_test: int, out: Pa
     ax.set_xlabel("SFT step")
     ax.set_ylabel("loss on the response tokens")
     ax.legend(fontsize=8)
-    return _save(fig, out / "losses.png")
+    return _save(fig, path)
 
 
-def figure_fidelity(unit: pd.DataFrame, out: Path) -> Path:
+def figure_fidelity(unit: pd.DataFrame, path: Path) -> Path:
     """Model output v(S) against the AND-OR model over all masks, and the sorted effect strengths."""
     plt = _plt()
     ands = unit[unit["kind"] == "AND"].sort_values("bitmask")
@@ -137,7 +137,7 @@ def figure_fidelity(unit: pd.DataFrame, out: Path) -> Path:
     axes[1].set_yscale("log")
     axes[1].set_xlabel("interactions, by strength")
     axes[1].set_title("sparsity: sorted |I|")
-    return _save(fig, out / "fidelity.png")
+    return _save(fig, path)
 
 
 def _img(path: Path) -> str:
@@ -169,33 +169,28 @@ def _top_table(unit: pd.DataFrame, k: int = 6) -> str:
 
 def build_report(run_dir: str | os.PathLike) -> Path:
     """Write the figures and ``report/index.html``; returns the HTML path."""
-    from .analyze import analysis_dir, load_effects, load_probes  # noqa: PLC0415
-    from .train import read_losses  # noqa: PLC0415
-
     run_dir = Path(run_dir)
-    adir = analysis_dir(run_dir)
-    if not (adir / "summary.json").exists():
+    folder = RunFolder(run_dir)
+    if not folder.summary.exists():
         raise SftscopeError(f"{run_dir}: no analysis/summary.json (run sftscope analyze first)")
-    summary = json.loads((adir / "summary.json").read_text(encoding="utf-8"))
-    dynamics = pd.read_csv(adir / "dynamics.csv")
-    findings = pd.read_csv(adir / "findings.csv")
+    summary = read_json(folder.summary)
+    dynamics = pd.read_csv(folder.table("dynamics"))
+    findings = pd.read_csv(folder.table("findings"))
     losses = pd.DataFrame(read_losses(run_dir))
     effects = load_effects(run_dir)
     target = effects[effects["model"] == "target"]
-    probes = load_probes(adir / "probes.json")
+    probes = load_probes(folder.probes)
     steps = summary["checkpoints"]
     boundary, last = summary["stage_boundary_step"], steps[-1]
-    out = run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
 
     first_unit = target[(target["step"] == last) & (target["sample"] == probes[0].sample)]
     figures = [
-        figure_types(dynamics, boundary, out),
-        figure_orders(pd.read_csv(adir / "orders.csv"), last, out),
-        figure_quality(dynamics, boundary, out),
-        figure_utility(summary["utility_cross_entropy"], out),
-        figure_losses(losses, summary["recommended_step"], summary["min_test_loss_step"], out),
-        figure_fidelity(first_unit, out),
+        figure_types(dynamics, boundary, folder.figure("types")),
+        figure_orders(pd.read_csv(folder.table("orders")), last, folder.figure("orders")),
+        figure_quality(dynamics, boundary, folder.figure("quality")),
+        figure_utility(summary["utility_cross_entropy"], folder.figure("utility")),
+        figure_losses(losses, summary["recommended_step"], summary["min_test_loss_step"], folder.figure("losses")),
+        figure_fidelity(first_unit, folder.figure("fidelity")),
     ]
     shown_steps = sorted({steps[0], boundary, last})
     samples_html = []
@@ -238,6 +233,4 @@ Correlation of emerged interactions with the test&minus;train loss gap: {summary
 <h2>Samples: players highlighted, top interactions at steps {', '.join(map(str, shown_steps))}</h2>
 {''.join(samples_html)}
 </body></html>"""
-    path = out / "index.html"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
-    return path
+    return write_text(folder.report_page, page)
