@@ -1,9 +1,10 @@
 import json
+from collections import Counter
 
 import pytest
 
 from sftscope import SftscopeError
-from sftscope.data import Pair, load_pairs, load_splits, read_jsonl, read_table
+from sftscope.data import EMBEDDED_DATASETS, Pair, embedded_split, load_pairs, load_splits, read_jsonl, read_table
 
 PAIRS = [Pair("Classify: we won the game", "joy"), Pair("Classify: my flight got cancelled", "anger")]
 
@@ -78,3 +79,35 @@ def test_embedded_emotions_data_set():
     assert len(train) == 240 and len(test) == 60
     assert {p.response for p in train} == {"joy", "sadness", "anger", "fear", "surprise"}
     assert not {p.prompt for p in train} & {p.prompt for p in test}
+
+
+LABELS = {
+    "emotions": {"joy", "sadness", "anger", "fear", "surprise"},
+    "tickets": {"billing", "shipping", "technical", "account", "returns"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(LABELS))
+def test_embedded_data_sets_have_three_disjoint_splits(name):
+    assert name in EMBEDDED_DATASETS
+    splits = {split: embedded_split(name, split) for split in ("train", "validation", "test")}
+    assert {split: len(pairs) for split, pairs in splits.items()} == {"train": 240, "validation": 60, "test": 60}
+    for pairs in splits.values():
+        assert {p.response for p in pairs} == LABELS[name]
+        assert len({p.prompt for p in pairs}) == len(pairs)
+    prompts = {split: {p.prompt for p in pairs} for split, pairs in splits.items()}
+    assert not prompts["train"] & prompts["validation"]
+    assert not prompts["train"] & prompts["test"]
+    assert not prompts["validation"] & prompts["test"]
+    # Test labels are clean and balanced; train and validation carry some label noise.
+    assert Counter(p.response for p in splits["test"]) == {label: 12 for label in LABELS[name]}
+    assert load_splits(name) == (splits["train"], splits["test"])
+
+
+def test_unknown_embedded_data_set_or_split():
+    with pytest.raises(SftscopeError, match="unknown embedded data set 'nope'.*emotions, tickets"):
+        embedded_split("nope", "train")
+    with pytest.raises(SftscopeError, match="unknown split 'dev'.*train, validation, test"):
+        embedded_split("emotions", "dev")
+    with pytest.raises(SftscopeError, match="embedded data set with splits"):
+        load_pairs("tickets")

@@ -1,7 +1,12 @@
 """Writes the embedded emotion data set (src/sftscope/datasets/emotions_*.jsonl).
 
 Short first-person comments, each with one of five emotions, composed from
-hand-written events, people and endings, seeded so the files are reproducible:
+hand-written events, openers and endings, seeded so the files are reproducible:
+240 train, 60 validation and 60 test comments (48/12/12 per label). The three
+splits share no event, opener or ending; train and validation labels are noisy
+(15% flipped to another label, like annotator disagreement), test labels are clean.
+Validation is built last from its own material and its own random stream, so the
+train and test files are the same as before it existed.
 
     python tools/make_emotions.py
 """
@@ -69,9 +74,77 @@ ENDINGS = {
     "surprise": ["who would have guessed?", "I did not see that coming!", "I am still stunned.", "what a twist!", "my jaw literally dropped."],
 }
 
+# The validation split's own material: no event, opener or ending of train or test.
+VALIDATION_EVENTS = {
+    "joy": [
+        "my daughter took her first steps in the kitchen", "the whole family made it to the reunion",
+        "I finished my first marathon before noon", "the clinic told us the treatment worked",
+        "our little band sold out the club downtown",
+    ],
+    "sadness": [
+        "the last of my childhood friends stopped calling", "we sold the farm my grandfather built",
+        "my cat has been missing for a week now", "I found her old letters in a drawer",
+        "the school where I taught for years is shutting down",
+    ],
+    "anger": [
+        "the airline lost my suitcase and then blamed me", "my manager cancelled my leave the night before",
+        "the builder took our money and vanished", "somebody parked across my driveway all day",
+        "the council towed my car from my own street",
+    ],
+    "fear": [
+        "someone tried to open my front door at midnight", "the biopsy results come back on Friday",
+        "the earthquake alert just went off on my phone", "I got lost on the hike and it is getting dark",
+        "a truck swerved straight at me on the bridge",
+    ],
+    "surprise": [
+        "my grandfather secretly learned to skateboard", "the lottery ticket I forgot about was a winner",
+        "I learned I have a cousin in Brazil nobody told me about", "the broken radio started playing on its own",
+        "our boring maths teacher turned out to be a stunt pilot",
+    ],
+}
+VALIDATION_OPENERS = {
+    "joy": ["Pure happiness:", "Guess what,", "Grinning ear to ear,"],
+    "sadness": ["Feeling low,", "Lonely again,", "Tears again,"],
+    "anger": ["Absolutely livid:", "Are you kidding me?", "Enough is enough,"],
+    "fear": ["My heart is racing,", "Panicking here,", "Somebody help,"],
+    "surprise": ["Whoa,", "You will not believe this:", "Imagine my face:"],
+}
+VALIDATION_ENDINGS = {
+    "joy": ["and I keep laughing.", "my heart is so full.", "I am over the moon."],
+    "sadness": ["and the silence is unbearable.", "I miss how things were.", "nothing can fill that gap."],
+    "anger": ["and I am boiling.", "this is a disgrace!", "someone will pay for this."],
+    "fear": ["and I cannot stop shaking.", "I am afraid to close my eyes.", "what if nobody comes?"],
+    "surprise": ["and I had no idea.", "I never expected that!", "can you believe it?"],
+}
+
+
+def compose(opener: str, event: str, ending: str) -> str:
+    joined = f"{event} {ending}" if ending.startswith("and ") else f"{event}, {ending}"
+    return PROMPT.format(text=f"{opener} {joined}")
+
+
+def validation_rows() -> tuple[list[dict], int]:
+    """12 comments per label from the validation material, 15% of labels flipped (own seed)."""
+    for label in EVENTS:
+        for new, old in ((VALIDATION_EVENTS, EVENTS), (VALIDATION_OPENERS, OPENERS), (VALIDATION_ENDINGS, ENDINGS)):
+            shared = set(new[label]) & {text for texts in old.values() for text in texts}
+            assert not shared, f"validation material of {label} also in train/test: {shared}"
+    rng = random.Random(2027)
+    rows = []
+    for label, events in VALIDATION_EVENTS.items():
+        combos = [(o, e, d) for o in VALIDATION_OPENERS[label] for e in events for d in VALIDATION_ENDINGS[label]]
+        rng.shuffle(combos)
+        rows += [{"prompt": compose(*combo), "completion": label} for combo in combos[:12]]
+    labels = sorted(EVENTS)
+    noisy = rng.sample(range(len(rows)), round(0.15 * len(rows)))
+    for index in noisy:
+        rows[index]["completion"] = rng.choice([label for label in labels if label != rows[index]["completion"]])
+    rng.shuffle(rows)
+    return rows, len(noisy)
+
 
 def main() -> None:
-    """Train and test share no event, opener or ending: test needs generalisation, not recall."""
+    """The splits share no event, opener or ending: test needs generalisation, not recall."""
     rng = random.Random(2026)
     splits = {"train": [], "test": []}
     for label, events in EVENTS.items():
@@ -82,9 +155,8 @@ def main() -> None:
         for split, (events_, openers, endings, count) in parts.items():
             combos = [(o, e, d) for o in openers for e in events_ for d in endings]
             rng.shuffle(combos)
-            for opener, event, ending in combos[:count]:
-                joined = f"{event} {ending}" if ending.startswith("and ") else f"{event}, {ending}"
-                splits[split].append({"prompt": PROMPT.format(text=f"{opener} {joined}"), "completion": label})
+            for combo in combos[:count]:
+                splits[split].append({"prompt": compose(*combo), "completion": label})
     # Like GoEmotions, the training labels are noisy: annotators disagree. 15% of the
     # training comments carry another label; the test labels are clean. Memorising the
     # noisy ones is the overfitting SFT runs into.
@@ -100,8 +172,14 @@ def main() -> None:
         with open(out / f"emotions_{name}.jsonl", "w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")
-    print(f"wrote {len(splits['train'])} train ({len(noisy)} with noisy labels) and {len(splits['test'])} test "
-          f"comments, labels {labels}")
+    validation, n_noisy_validation = validation_rows()
+    seen = {row["prompt"] for rows in splits.values() for row in rows}
+    assert not seen & {row["prompt"] for row in validation}, "a validation comment is also in train/test"
+    with open(out / "emotions_validation.jsonl", "w", encoding="utf-8") as handle:
+        for row in validation:
+            handle.write(json.dumps(row) + "\n")
+    print(f"wrote {len(splits['train'])} train ({len(noisy)} with noisy labels), {len(validation)} validation "
+          f"({n_noisy_validation} with noisy labels) and {len(splits['test'])} test comments, labels {labels}")
 
 
 if __name__ == "__main__":

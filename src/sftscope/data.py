@@ -21,7 +21,9 @@ from typing import Iterable, Sequence
 from .config import DataSettings
 from .errors import SftscopeError
 
-EMBEDDED_DATASETS = {"emotions": "emotions"}
+# Shipped data sets (name -> file stem in the package's datasets/ folder), each with three splits.
+EMBEDDED_DATASETS = {"emotions": "emotions", "tickets": "tickets"}
+EMBEDDED_SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -175,11 +177,21 @@ def _label(value: str, names: list[str] | None, where: str) -> str:
     return names[index]
 
 
+def embedded_split(name: str, split: str) -> list[Pair]:
+    """One split (train, validation or test) of a shipped data set."""
+    if name not in EMBEDDED_DATASETS:
+        raise SftscopeError(f"unknown embedded data set {name!r} (known: {', '.join(sorted(EMBEDDED_DATASETS))})")
+    if split not in EMBEDDED_SPLITS:
+        raise SftscopeError(f"unknown split {split!r} of {name!r} (known: {', '.join(EMBEDDED_SPLITS)})")
+    folder = resources.files("sftscope") / "datasets"
+    return read_jsonl(Path(str(folder / f"{EMBEDDED_DATASETS[name]}_{split}.jsonl")))
+
+
 def load_pairs(source: str | Path, **table_options) -> list[Pair]:
     """Pairs from a file (by extension), an embedded data set name, or a hub data set name."""
     text = str(source)
     if text in EMBEDDED_DATASETS:
-        raise SftscopeError(f"{text!r} is an embedded data set with splits: use load_splits")
+        raise SftscopeError(f"{text!r} is an embedded data set with splits: use load_splits or embedded_split")
     path = Path(text)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
@@ -212,11 +224,7 @@ def load_splits(
 ) -> tuple[list[Pair], list[Pair]]:
     """Train and test pairs: from two sources, from an embedded set, or one source split by ratio."""
     if str(train) in EMBEDDED_DATASETS:
-        folder = resources.files("sftscope") / "datasets"
-        return (
-            read_jsonl(Path(str(folder / f"{train}_train.jsonl"))),
-            read_jsonl(Path(str(folder / f"{train}_test.jsonl"))),
-        )
+        return embedded_split(str(train), "train"), embedded_split(str(train), "test")
     pairs = load_pairs(train, **table_options)
     if test is not None:
         return pairs, load_pairs(test, **table_options)
