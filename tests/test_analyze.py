@@ -46,7 +46,7 @@ def test_analysis_resumes_to_the_same_rows(tiny_run, monkeypatch):
 
 
 def test_missing_run_folder_is_one_error(tmp_path):
-    with pytest.raises(SftscopeError, match="config file not found"):
+    with pytest.raises(SftscopeError, match="is not an sftscope run folder"):
         analyze(tmp_path, SETTINGS)
 
 
@@ -73,19 +73,32 @@ def test_manifest_lists_the_finished_units(tiny_run):
 
 
 def test_jobs_hold_whole_batches_of_samples(tmp_path):
-    from sftscope.jobs import plan_jobs
-    from sftscope.probes import Probe
+    from sftscope.jobs import expected_inputs, plan_jobs
     from sftscope.players import Players
+    from sftscope.probes import Probe
+    from sftscope.store import checkpoint_digest
 
+    ckpt = tmp_path / "checkpoint-0"
+    ckpt.mkdir()
+    (ckpt / "adapter_config.json").write_text("{}")
+    (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
     probes = [Probe(f"s{i}", "test", "p", "r", Players((), (), ())) for i in range(7)]
-    plan = dict(model_label="target", model_name="m", checkpoints={0: tmp_path}, probes=probes)
-    jobs = plan_jobs(tmp_path, samples_per_job=3, batch_samples=2, **plan)
+    settings = AnalysisSettings(batch_samples=2)
+    plan = dict(model_label="target", model_name="m", checkpoints={0: ckpt}, probes=probes, settings=settings)
+    jobs = plan_jobs(tmp_path, samples_per_job=3, **plan).jobs
     # batches (s0 s1) (s2 s3) (s4 s5) (s6); 3 samples per job round up to 2 whole batches
     assert [j.samples for j in jobs] == [("s0", "s1", "s2", "s3"), ("s4", "s5", "s6")]
-    write_unit(RunFolder(tmp_path).unit("target", 0, "s0"), pd.DataFrame({"x": [1]}))
-    write_unit(RunFolder(tmp_path).unit("target", 0, "s2"), pd.DataFrame({"x": [1]}))
-    write_unit(RunFolder(tmp_path).unit("target", 0, "s3"), pd.DataFrame({"x": [1]}))
+    folder = RunFolder(tmp_path)
+    for i in (0, 2, 3):
+        inputs = expected_inputs("m", checkpoint_digest(ckpt), probes[i], settings)
+        write_unit(folder.unit("target", 0, f"s{i}"), pd.DataFrame({"x": [1]}), inputs)
     # (s2 s3) is done; (s0 s1) is still run whole, so s1 gets the values it would have had
-    assert [j.samples for j in plan_jobs(tmp_path, batch_samples=2, **plan)] == [("s0", "s1", "s4", "s5", "s6")]
+    assert [j.samples for j in plan_jobs(tmp_path, **plan).jobs] == [("s0", "s1", "s4", "s5", "s6")]
+    # the same files under another setting, or after the checkpoint changed, are recomputed
+    changed = plan_jobs(tmp_path, **{**plan, "settings": AnalysisSettings(batch_samples=2, noise_bound=0.1)})
+    assert [j.samples for j in changed.jobs] == [("s0", "s1", "s2", "s3", "s4", "s5", "s6")]
+    assert changed.stale == {"noise_bound": 3}
+    (ckpt / "adapter_model.safetensors").write_bytes(b"retrained")
+    assert plan_jobs(tmp_path, **plan).stale == {"checkpoint": 3}
     with pytest.raises(SftscopeError, match="batch_samples must be >= 1"):
-        plan_jobs(tmp_path, batch_samples=0, **plan)
+        plan_jobs(tmp_path, **{**plan, "settings": AnalysisSettings(batch_samples=0)})

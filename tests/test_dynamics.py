@@ -10,16 +10,7 @@ from sftscope.dynamics import (
 )
 from sftscope.stopping import StageRule, stage_boundary
 
-
-def effects_frame(spec, model="target", split="train"):
-    """spec: {(sample, step): {(kind, mask): effect}} -> effects rows (plus a bias row each)."""
-    rows = []
-    for (sample, step), effects in spec.items():
-        rows.append(dict(model=model, split=split, sample=sample, step=step, kind="AND", bitmask=0, order=0, effect=0.3))
-        for (kind, mask), effect in effects.items():
-            rows.append(dict(model=model, split=split, sample=sample, step=step, kind=kind, bitmask=mask,
-                             order=int(mask).bit_count(), effect=effect))
-    return pd.DataFrame(rows)
+from helpers import effects_frame
 
 
 def test_type_partition():
@@ -83,9 +74,13 @@ def test_dynamics_table_and_flows():
     assert last.loc["emerged", "count"] == 3 and last.loc["emerged", "r_gen"] == 0.0
     assert last.loc["removed", "mean_order"] == 2.5
     flows = interval_flows(target)
-    assert flows.to_dict("list") == {"step": [1, 2], "step_from": [0, 1], "emerged": [0, 3], "removed": [2, 0],
-                                     "emerged_strength": [0.0, pytest.approx(0.8)],
-                                     "removed_strength": [1.0, 0.0]}
+    columns = ["step", "step_from", "emerged", "removed", "emerged_strength", "removed_strength"]
+    assert flows[columns].to_dict("list") == {"step": [1, 2], "step_from": [0, 1], "emerged": [0, 3], "removed": [2, 0],
+                                              "emerged_strength": [0.0, pytest.approx(0.8)],
+                                              "removed_strength": [1.0, 0.0]}
+    assert flows["emerged_distinct"].tolist() == [0, 3]
+    assert math.isnan(flows["emerged_rho"][0])
+    assert flows["emerged_rho"][1] == pytest.approx(0.4 / 0.8)  # 0.3 + 0.3 - 0.2 over 0.8
     assert set(summarize(per_sample)["type"]) == {"preserved", "removed", "emerged"}
     with pytest.raises(SftscopeError, match="baseline model 'qwen'"):
         dynamics_table(target, baseline_model="qwen")
@@ -116,8 +111,10 @@ def test_order_table_pools_samples():
     spec = {("a", 0): {("AND", 1): 1.0, ("AND", 3): -0.5}, ("b", 0): {("AND", 1): 2.0, ("OR", 6): 0.5}}
     table = order_table(effects_frame(spec))
     preserved = table[(table.step == 0) & (table.type == "preserved")].set_index("order")
-    assert preserved.loc[1, "strength_pos"] == 3.0 and preserved.loc[1, "count_pos"] == 2  # same key, two samples
-    assert preserved.loc[2, "strength_neg"] == 0.5 and preserved.loc[2, "strength_pos"] == 0.5
+    # averaged over the two samples as in the paper; the sums stay as *_total
+    assert preserved.loc[1, "strength_pos_total"] == 3.0 and preserved.loc[1, "count_pos_total"] == 2
+    assert preserved.loc[1, "strength_pos"] == 1.5 and preserved.loc[1, "count_pos"] == 1
+    assert preserved.loc[2, "strength_neg"] == 0.25 and preserved.loc[2, "strength_pos"] == 0.25
 
 
 def test_early_and_late_emerged_split_at_the_boundary():

@@ -92,7 +92,7 @@ def test_cli_unknown_model_is_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "unknown model 'no-such-model'" in err
     code = main(["extract", "--model", "/no/such/dir", "--prompt", "hi there", "--response", "x"])
-    assert code == 2 and "cannot load model" in capsys.readouterr().err
+    assert code == 2 and "model folder not found: /no/such/dir" in capsys.readouterr().err
 
 
 def test_many_prompts_batched_equal_one_at_a_time(tiny_llama, word_tokenizer):

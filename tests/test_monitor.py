@@ -30,7 +30,7 @@ def setup(tmp_path, tiny_llama, word_tokenizer):
 def test_monitor_stops_training_when_told(setup):
     config, model, tok = setup
     monitor = InteractionMonitor(tok, PROBES, steps=range(7), n_players=3, stop_early=True, patience=1,
-                                 rule=StageRule("cumulative", 0.0))
+                                 rule=StageRule("cumulative", 0.0), stop_rule="cumulative_live")
     trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
     monitor.attach(trainer)
     trainer.train()

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent('''
         "data": {"train": data, "test_ratio": 0.25, "max_train_examples": None}})
     probes = [Pair("classify emotion : we won the game today so", "joy")]
     monitor = InteractionMonitor(tok, probes, steps=range(9), n_players=3, stop_early=True, patience=1,
-                                 rule=StageRule("cumulative", 0.0))
+                                 rule=StageRule("cumulative", 0.0), stop_rule="cumulative_live")
     trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
     monitor.attach(trainer)
     trainer.train()

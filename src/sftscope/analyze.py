@@ -1,8 +1,9 @@
-"""The steps of an analysis: probes, extraction at every checkpoint (resumable, serial or on Ray), the summary.
+"""The steps of an analysis: probes, extraction and task quality at every checkpoint (resumable), the summary.
 
-The run folder's layout is in ``store.py``; a unit (model, checkpoint, sample)
-is done when its Parquet file exists, so an interrupted analysis resumes
-without recomputing or duplicating anything.
+The run folder's layout is in ``store.py``. A result is reused only when it
+was computed from today's inputs (``jobs.py``), so an interrupted analysis
+resumes without recomputing anything and a changed setting recomputes exactly
+what it changes.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from .config import AnalysisSettings, load_config
 from .console import attach_log_file
 from .data import split_pairs
 from .errors import SftscopeError
-from .jobs import extract_run
-from .probes import choose_probes, load_probes, save_probes
-from .store import RunFolder, remove_leftovers, run_lock
+from .jobs import ModelWork, QualityTask, current_units, extract_run
+from .probes import check_probe_words, choose_probes, load_probes, probe_inputs, save_probes, stored_probe_inputs
+from .quality import label_set
+from .store import MARKER, RunFolder, changed_keys, remove_leftovers, run_lock
 from .summary import summarize_run
 
 
@@ -27,60 +29,77 @@ def analyze(
     *,
     baseline_run: str | os.PathLike | None = None,
     progress: Callable | None = None,
+    say: Callable[[str], None] | None = None,
     ray_address: str | None = None,
     samples_per_job: int | None = None,
     num_gpus: float = 0,
 ) -> dict:
-    """Probe samples, frozen players, extraction at every checkpoint (resumable), then the summary.
+    """Probe samples, frozen players, extraction and quality at every checkpoint (resumable), then the summary.
 
     ``ray_address`` fans the extraction jobs out over a Ray cluster (``"local"``
     starts one on this machine; ``"auto"`` joins a running one); each job is one
     checkpoint and up to ``samples_per_job`` samples, with ``num_gpus`` each.
+    ``say`` receives the tool's own lines (what is recomputed and why).
     """
     from .models import load_model_and_tokenizer  # noqa: PLC0415 - torch only when working
 
     settings = settings or AnalysisSettings()
     folder = RunFolder(Path(run_dir).resolve())
+    if not folder.is_run():
+        raise SftscopeError(f"{run_dir} is not an sftscope run folder (no {MARKER}): train into it first")
     config = load_config(folder.config)
+    train, test = split_pairs(config.data)
+    check_probe_words(train, test, settings)  # before any model is loaded
     with run_lock(folder.root):
         attach_log_file(folder.log)
         # 1. a killed writer's temporary files go (we hold the lock)
         remove_leftovers(folder.analysis)
 
-        # 2. probes: drawn once, players chosen on the model before SFT, then frozen
-        base, tokenizer = load_model_and_tokenizer(config.model, dtype="float32")
-        if folder.probes.exists():
+        # 2. probes: drawn once, players chosen on the model before SFT, frozen while their inputs hold
+        model_name = _model_ref(config.model)
+        base, tokenizer = load_model_and_tokenizer(config.model, dtype=settings.dtype)
+        inputs = probe_inputs(model=model_name, train=train, test=test, count=settings.samples_per_split,
+                              n_players=settings.n_players, seed=settings.seed)
+        stored = stored_probe_inputs(folder.probes)
+        if stored == inputs:
             probes = load_probes(folder.probes)
         else:
-            train, test = split_pairs(config.data)
+            if folder.probes.exists() and say:
+                say(f"probes drawn again: {', '.join(changed_keys(stored, inputs))} changed")
             probes = choose_probes(base, tokenizer, train, test, count=settings.samples_per_split,
-                                   n_players=settings.n_players, seed=settings.seed)
-            save_probes(folder.probes, probes)
+                                   n_players=settings.n_players, seed=settings.seed, allow_fewer=settings.allow_fewer)
+            save_probes(folder.probes, probes, inputs)
 
-        # 3. what to extract: every target checkpoint, and the baseline run's chosen one
-        units = [("target", _model_ref(config.model), folder.checkpoints())]
+        # 3. what to compute: every target checkpoint (interactions and task quality), the baseline's chosen one
+        labels = label_set(train, test, config.data.labels)
+        quality = QualityTask(tuple(test), None if labels is None else tuple(labels), settings.dtype)
+        work = [ModelWork("target", model_name, folder.checkpoints(), quality)]
         if baseline_run is not None:
             baseline = RunFolder(baseline_run)
             ckpts = baseline.checkpoints()
             step = max(ckpts) if settings.baseline_step is None else settings.baseline_step
             if step not in ckpts:
-                raise SftscopeError(f"{baseline_run}: no checkpoint at step {step}")
-            units.append(("baseline", _model_ref(load_config(baseline.config).model), {step: ckpts[step]}))
+                raise SftscopeError(f"{baseline_run}: no checkpoint at step {step} (it has {sorted(ckpts)})")
+            work.append(ModelWork("baseline", _model_ref(load_config(baseline.config).model), {step: ckpts[step]}))
 
-        # 4. extraction of the missing units, here or on a Ray cluster
+        # 4. the missing or stale results, here or on a Ray cluster
         if ray_address is not None:
             from .distributed import extract_with_ray  # noqa: PLC0415
 
-            extract_with_ray(folder.root, units, probes, settings, address=ray_address,
+            extract_with_ray(folder.root, work, probes, settings, address=ray_address, say=say,
                              samples_per_job=samples_per_job, num_gpus=num_gpus, progress=progress)
         else:
-            for label, name, checkpoints in units:
-                model, tok = (base, tokenizer) if label == "target" else load_model_and_tokenizer(name, dtype="float32")
-                extract_run(folder.root, model_label=label, model_name=name, base_model=model, tokenizer=tok,
-                            checkpoints=checkpoints, probes=probes, settings=settings, progress=progress)
+            for item in work:
+                model, tok = (base, tokenizer) if item.label == "target" else load_model_and_tokenizer(item.name, dtype=settings.dtype)
+                extract_run(folder.root, model_label=item.label, model_name=item.name, base_model=model,
+                            tokenizer=tok, checkpoints=item.checkpoints, probes=probes, settings=settings,
+                            quality=item.quality, progress=progress, say=say)
 
-        # 5. dynamics, boundary, findings, written next to the effects
-        return summarize_run(folder.root, settings)
+        # 5. dynamics, boundary, findings, quality and stopping rules, written next to the effects
+        units = [u for item in work for u in current_units(folder.root, item.label, item.checkpoints, probes)]
+        fewer = {p.sample: len(p.players) for p in probes if len(p.players) < settings.n_players}
+        return summarize_run(folder.root, settings, units=units, steps=list(work[0].checkpoints), labels=labels,
+                             extra={"probes_with_fewer_players": fewer})
 
 
 def _model_ref(name: str) -> str:

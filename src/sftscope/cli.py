@@ -6,13 +6,18 @@ import argparse
 import os
 import sys
 
+from .config import AnalysisSettings
 from .errors import SftscopeError
 
 
 def _extract(args: argparse.Namespace) -> int:
+    from .config import check_players  # noqa: PLC0415
     from .extract import extract_interactions  # noqa: PLC0415 - keep --help fast
     from .models import load_model_and_tokenizer  # noqa: PLC0415
 
+    check_players(args.players, "--players")  # before loading anything
+    if not args.prompt.strip():
+        raise SftscopeError("--prompt is empty: nothing to explain")
     model, tokenizer = load_model_and_tokenizer(
         args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
     )
@@ -66,12 +71,16 @@ def _analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze  # noqa: PLC0415
     from .config import AnalysisSettings  # noqa: PLC0415
 
-    settings = AnalysisSettings(
-        samples_per_split=args.samples, n_players=args.players, seed=args.seed, tau=args.tau,
-        stage_rule=args.stage_rule, baseline_step=args.baseline_step,
-    )
+    from .config import build  # noqa: PLC0415
+
+    settings = build(AnalysisSettings, {
+        "samples_per_split": args.samples, "n_players": args.players, "seed": args.seed, "tau": args.tau,
+        "stage_rule": args.stage_rule, "baseline_step": args.baseline_step, "allow_fewer": args.allow_fewer,
+        "stop_rule": args.stop_rule,
+    }, "analyze options")
     progress = None if args.quiet else _progress()
-    summary = analyze(args.run_dir, settings, baseline_run=args.baseline_run, progress=progress,
+    say = (lambda _msg: None) if args.quiet else print
+    summary = analyze(args.run_dir, settings, baseline_run=args.baseline_run, progress=progress, say=say,
                       ray_address=args.ray, samples_per_job=args.samples_per_job, num_gpus=args.gpus_per_job)
     _print_answer(summary)
     print(f"details in {args.run_dir}/analysis/ (summary.json, dynamics.csv, flows.csv, findings.csv)")
@@ -79,11 +88,18 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _print_answer(summary: dict) -> None:
-    print(f"recommended checkpoint: step {summary['recommended_step']} (end of the denoising stage)")
-    print(f"minimum test loss at step {summary['min_test_loss_step']}; "
-          f"corr(emerged interactions, test-train loss gap) = {summary['corr_emerged_vs_loss_gap']:.2f}")
+    from .report import headline  # noqa: PLC0415
+
+    for line in headline(summary):
+        print(line)
+    print("rule                      keeps step  test accuracy  compute fraction")
+    for name, row in summary["rules"].items():
+        if name != "recommended":
+            accuracy = "n/a" if row["accuracy"] is None else f"{100 * row['accuracy']:.0f}%"
+            print(f"  {name:<24}{row['step']:>9}  {accuracy:>13}  {row['compute_fraction']:>16.2f}")
     for row in summary["findings"]:
-        print(f"  [{'holds' if row['holds'] else 'does not hold'}] {row['finding']}: {row['measured']}")
+        reason = f" ({row['reason']})" if row.get("reason") else ""
+        print(f"  [{row['verdict']}] {row['finding']}: {row['measured']}{reason}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -93,6 +109,11 @@ def _run(args: argparse.Namespace) -> int:
     config = demo_config(args.out, args.quick) if args.command == "demo" else load_run_config(args.config)
     if args.command == "run" and args.output_dir:
         config.output_dir = args.output_dir
+    if getattr(args, "dry_run", False):
+        from .pipeline import dry_run  # noqa: PLC0415
+
+        print("\n".join(dry_run(config)))
+        return 0
     say = (lambda _msg: None) if args.quiet else print
     summary = run(config, progress=None if args.quiet else _progress(), say=say,
                   ray_address=args.ray, samples_per_job=args.samples_per_job, num_gpus=args.gpus_per_job)
@@ -156,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--tau", type=float, default=0.05)
     an.add_argument("--stage-rule", choices=["cumulative", "crossover"], default="cumulative")
+    an.add_argument("--stop-rule", default=AnalysisSettings.stop_rule,
+                    help=f"the rule that picks the recommended checkpoint (default {AnalysisSettings.stop_rule})")
+    an.add_argument("--allow-fewer", action="store_true", help="probe prompts with fewer words use all of them")
     an.add_argument("--quiet", action="store_true", help="no progress bars")
     _ray_options(an)
     an.set_defaults(func=_analyze)
@@ -164,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("config", help="YAML with output_dir, train, baseline, analysis")
     rn.add_argument("--output-dir")
     rn.add_argument("--quiet", action="store_true")
+    rn.add_argument("--dry-run", action="store_true",
+                    help="print what would be trained, extracted and scored, and its cost; load nothing")
     _ray_options(rn)
     rn.set_defaults(func=_run)
 
@@ -192,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"sftscope: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the platform: permissions, a full disk, a file-size limit
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"sftscope: error: {where}{exc.strerror or exc} (finished work is kept; fix this and run again)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sftscope: interrupted; finished work is kept", file=sys.stderr)

@@ -33,7 +33,15 @@ class LoraSettings:
 
 @dataclass
 class DataSettings:
-    """Where the pairs come from. ``train='emotions'`` is the shipped data set."""
+    """Where the pairs come from and how a record becomes one (``docs/data.md``).
+
+    ``train='emotions'`` is the shipped data set; ``emotions:validation`` one of its splits.
+    Without a column mapping the format is recognised (alpaca, Dolly, messages,
+    prompt-completion; CSV/TSV need ``text`` and ``label`` columns). A mapping
+    (``prompt_column`` or ``template``, ``response_column``, ``system_column``)
+    works for JSONL, CSV/TSV, Parquet and hub data sets alike; an integer column
+    is a 0-based position and means the table has no header row.
+    """
 
     train: str = "emotions"
     test: str | None = None
@@ -41,10 +49,13 @@ class DataSettings:
     seed: int = 0
     max_train_examples: int | None = 64
     max_test_examples: int | None = None
-    prompt_column: str = "text"
-    response_column: str = "label"
-    template: str = "{text}"
-    label_names: str | list[str] | None = None
+    prompt_column: str | int | None = None
+    response_column: str | int | None = None
+    system_column: str | int | None = None
+    template: str | None = None  # the prompt from the record's fields, e.g. "Classify: {text}" ({0} for column 0)
+    label_names: str | list[str] | None = None  # a file with one name per line, or a list: maps integer labels
+    multi_label: str = "skip"  # label ids joined by commas ("3,7"): skip the row, keep the first, or join the names
+    labels: list[str] | None = None  # the closed label set for task quality; default: the distinct responses
 
 
 @dataclass
@@ -77,6 +88,7 @@ class AnalysisSettings:
 
     samples_per_split: int = 6
     n_players: int = 8
+    allow_fewer: bool = False  # a probe prompt with fewer usable words uses all of them (reported), else an error
     seed: int = 0
     tau: float = 0.05
     salience: str = "relative"
@@ -85,8 +97,11 @@ class AnalysisSettings:
     engine: str = "auto"
     stage_rule: str = "cumulative"
     stage_fraction: float = 0.9
+    short_stage: float = 0.25  # finding 3: the denoising stage is "short" when it is at most this share of training
     baseline_step: int | None = None
     batch_samples: int = 1  # samples sharing each forward pass of the prefix engine: 4-8 on a GPU, 1 on CPU
+    stop_rule: str = "eval_loss_patience_2"  # the recommended checkpoint's rule (stopping.DEFAULT_RULE)
+    dtype: str = "float32"  # of the model during extraction and scoring; bfloat16 halves memory on a GPU
 
 
 @dataclass
@@ -103,9 +118,9 @@ class RunConfig:
 
 
 def build(cls, raw: dict[str, Any], where: str):
-    """An instance of the dataclass ``cls`` from a mapping, naming any unknown key or wrongly typed value."""
+    """An instance of the dataclass ``cls`` from a mapping: unknown keys, wrong types and bad values are named."""
     if not isinstance(raw, dict):
-        raise SftscopeError(f"{where}: expected a mapping, got {type(raw).__name__}")
+        raise SftscopeError(f"{where}: expected a mapping of settings, got {type(raw).__name__} ({_short(raw)})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -117,39 +132,132 @@ def build(cls, raw: dict[str, Any], where: str):
         if dataclasses.is_dataclass(default):
             values[name] = build(type(default), value, key)
         else:
-            values[name] = _check_type(value, default, key)
-    return cls(**values)
+            values[name] = _check_type(value, fields[name].type, key)
+    instance = cls(**values)
+    check(instance, where)
+    return instance
 
 
-def _check_type(value, default, key: str):
-    if value is None or default is None:
-        return value
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, (str, list)) if key.endswith(("target_modules", "label_names")) else isinstance(value, str)
-    elif isinstance(default, list):
-        ok = isinstance(value, list)
-    else:
-        ok = True
-    if not ok:
-        raise SftscopeError(f"{key}: expected {type(default).__name__}, got {type(value).__name__} ({value!r})")
-    return value
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),),
+          "list[str]": (list,), "dict[str, Any]": (dict,)}
+
+
+def _check_type(value, annotation: str, key: str):
+    """``value`` if it matches the field's annotation (e.g. ``str | list[str] | None``), else a one-line error."""
+    options = [part.strip() for part in str(annotation).split("|")]
+    for option in options:
+        types = _TYPES[option]
+        if isinstance(value, bool) and bool not in types:
+            continue  # YAML's yes/true is not a number
+        if isinstance(value, types):
+            if option == "list[str]" and not all(isinstance(v, str) for v in value):
+                continue
+            return float(value) if option == "float" else value
+    expected = " or ".join("null" if o == "None" else "a list of strings" if o == "list[str]" else o for o in options)
+    raise SftscopeError(f"{key}: expected {expected}, got {type(value).__name__} ({_short(value)})")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --------------------------------------------------------------------------- values
+
+
+MAX_EXACT_PLAYERS = 14  # 16,384 masked prompts and an LP with 2 * 3^14 (9.6 M) non-zeros per sample
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
+DTYPES = ("float32", "bfloat16", "float16")
+STOP_RULES = ("cumulative", "crossover", "cumulative_live", "emergence_rho", "probe_utility_patience",
+              "boundary_then_eval_loss", "eval_loss_patience_1", "eval_loss_patience_2", "eval_accuracy_patience_2",
+              "last")  # stopping.standard_rules (a test keeps the two lists equal)
+
+
+def players_cost(n: int) -> str:
+    """What exact extraction with ``n`` players costs, in words."""
+    lp_bytes = 2 * 3**n * 12  # non-zeros of the LP's constraint matrix, value and index
+    return f"{2**n:,} masked prompts per sample and checkpoint and an LP of about {_bytes(lp_bytes)}"
+
+
+def _bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}"
+        count /= 1024
+    return f"{count:.0f} EB"
+
+
+def check_players(n: int, key: str = "n_players") -> None:
+    if not 1 <= n <= MAX_EXACT_PLAYERS:
+        if n < 1:
+            raise SftscopeError(f"{key}: must be at least 1, got {n}")
+        raise SftscopeError(f"{key}: {n} players means {players_cost(n)}; exact extraction stops at "
+                            f"{MAX_EXACT_PLAYERS} ({players_cost(MAX_EXACT_PLAYERS)})")
+
+
+def check(settings, where: str) -> None:
+    """Values a run cannot start with, named with their key, before any model is loaded."""
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise SftscopeError(f"{where}.{key}: {what}, got {getattr(settings, key)!r}")
+
+    if isinstance(settings, LoraSettings):
+        need(settings.r >= 1, "r", "the LoRA rank must be at least 1")
+        need(settings.alpha > 0, "alpha", "must be positive")
+        need(0 <= settings.dropout < 1, "dropout", "must be in [0, 1)")
+    elif isinstance(settings, DataSettings):
+        need(0 < settings.test_ratio < 1, "test_ratio", "must be in (0, 1)")
+        for key in ("max_train_examples", "max_test_examples"):
+            need(getattr(settings, key) is None or getattr(settings, key) >= 1, key, "must be at least 1 (or null: all)")
+        need(settings.template is None or bool(settings.template.strip()), "template", "must not be empty")
+        need(settings.multi_label in ("skip", "first", "join"), "multi_label", "must be skip, first or join")
+        for key in ("prompt_column", "response_column", "system_column"):
+            value = getattr(settings, key)
+            need(not isinstance(value, int) or value >= 0, key, "a column position must be 0 or more")
+    elif isinstance(settings, TrainConfig):
+        need(settings.learning_rate > 0, "learning_rate", "must be positive")
+        need(0 <= settings.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        need(settings.lr_scheduler in SCHEDULERS, "lr_scheduler", f"must be one of {', '.join(SCHEDULERS)}")
+        need(settings.batch_size >= 1, "batch_size", "must be at least 1")
+        need(settings.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be at least 1")
+        need(settings.epochs > 0, "epochs", "must be positive")
+        need(settings.max_steps == -1 or settings.max_steps >= 1, "max_steps",
+             "must be a positive number of steps (or -1: train by epochs)")
+        need(settings.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
+        need(settings.eval_train_examples >= 1, "eval_train_examples", "must be at least 1")
+        need(settings.max_length >= 8, "max_length", "must be at least 8 tokens")
+        need(settings.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+        need(bool(settings.model), "model", "must name a model")
+    elif isinstance(settings, AnalysisSettings):
+        need(settings.samples_per_split >= 1, "samples_per_split", "must be at least 1")
+        check_players(settings.n_players, f"{where}.n_players")
+        need(0 < settings.tau <= 1, "tau", "must be in (0, 1]")
+        need(settings.salience in ("relative", "initial"), "salience", "must be relative or initial")
+        need(settings.noise_bound >= 0, "noise_bound", "must be at least 0")
+        need(settings.baseline in ("mean", "pad", "zeros"), "baseline", "must be mean, pad or zeros")
+        need(settings.engine in ("auto", "naive", "prefix"), "engine", "must be auto, naive or prefix")
+        need(settings.stage_rule in ("cumulative", "crossover"), "stage_rule", "must be cumulative or crossover")
+        need(0 < settings.stage_fraction <= 1, "stage_fraction", "must be in (0, 1]")
+        need(0 < settings.short_stage <= 1, "short_stage", "must be in (0, 1]")
+        need(settings.baseline_step is None or settings.baseline_step >= 0, "baseline_step", "must be a step (>= 0)")
+        need(settings.batch_samples >= 1, "batch_samples", "must be at least 1")
+        need(settings.stop_rule in STOP_RULES, "stop_rule", f"must be one of {', '.join(STOP_RULES)}")
+        need(settings.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> TrainConfig:
     """A training config, naming any unknown key or wrongly typed value."""
-    return build(TrainConfig, raw or {}, where)
+    return build(TrainConfig, {} if raw is None else raw, where)
 
 
 def run_config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
     """A whole-job config: ``output_dir``, ``train``, ``baseline`` (overrides of ``train``, or null), ``analysis``."""
-    raw = dict(raw or {})
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SftscopeError(f"{where}: expected a mapping of settings, got {type(raw).__name__} ({_short(raw)})")
+    raw = dict(raw)
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -163,6 +271,10 @@ def run_config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfi
         config.train = build(TrainConfig, raw["train"], f"{where}.train")
     if "baseline" in raw:
         config.baseline = raw["baseline"]
+        if config.baseline is not None and not isinstance(config.baseline, dict):
+            raise SftscopeError(f"{where}.baseline: expected a mapping of settings that override train "
+                                f"(e.g. {{model: gemma3-270m}}) or null, got {type(config.baseline).__name__} "
+                                f"({_short(config.baseline)})")
         if config.baseline is not None:
             baseline_config(config)  # validate now, not after an hour of training
     if "analysis" in raw:
@@ -193,7 +305,9 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise SftscopeError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
-    return raw or {}
+    except UnicodeDecodeError as exc:
+        raise SftscopeError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    return {} if raw is None else raw
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:

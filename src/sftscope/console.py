@@ -63,6 +63,7 @@ def route_output(*, verbose: bool = False, debug: bool = False) -> None:
     import datasets  # noqa: PLC0415
     from transformers.utils import logging as hf_logging  # noqa: PLC0415
 
+    logging.raiseExceptions = False  # a log line that cannot be written (full disk) must not bury the real error
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -1,29 +1,47 @@
 """Data sets: the usual SFT file formats, validated line by line, as prompt/response pairs.
 
-Supported: JSONL in alpaca (``instruction``, ``input``, ``output``),
-conversational (``messages``, one user turn and one assistant turn, optional
-system turn) and prompt-completion (``prompt``, ``completion``) form; CSV/TSV
-with a column mapping and an optional label-name file (a classification set
-becomes instruction-response pairs through a prompt template); and, online,
-Hugging Face ``datasets`` names. Everything becomes a list of ``Pair``.
+Without a column mapping each JSONL/Parquet/hub record's format is recognised:
+alpaca (``instruction``, ``input``, ``output``), Dolly-15k (``instruction``,
+``context``, ``response``), conversational (``messages``, one user turn and one
+assistant turn, optional system turn) and prompt-completion (``prompt``,
+``completion``); CSV/TSV use the columns ``text`` and ``label``. One column
+mapping (``prompt_column`` or ``template``, ``response_column``,
+``system_column``) reads any of them alike; integer columns are positions in a
+header-less table. ``label_names`` maps integer label ids (and comma-joined
+multi-label ids, see ``multi_label``) to names. Every bad input is a one-line
+``SftscopeError`` naming the file and line (``file:line``) or row
+(``file: row N``). Everything becomes a list of ``Pair``; see ``docs/data.md``.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import random
-from dataclasses import dataclass
+import re
+import string
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .config import DataSettings
 from .errors import SftscopeError
 
+log = logging.getLogger(__name__)
+
 # Shipped data sets (name -> file stem in the package's datasets/ folder), each with three splits.
 EMBEDDED_DATASETS = {"emotions": "emotions", "tickets": "tickets"}
 EMBEDDED_SPLITS = ("train", "validation", "test")
+
+# A longer line is refused before it is parsed: a missing newline must not load a whole file as one record.
+MAX_LINE_BYTES = 1_000_000
+MULTI_LABEL_CHOICES = ("skip", "first", "join")
+_MULTI_LABEL = re.compile(r"\d+(\s*,\s*\d+)+")  # "3,7" or "3, 7": several label ids in one response
+
+Record = dict | list  # a JSON object, a table row by column name, or a header-less row by position
 
 
 @dataclass(frozen=True)
@@ -35,28 +53,138 @@ class Pair:
     system: str | None = None
 
 
-def pair_from_record(record: dict, where: str) -> Pair:
-    """Recognise one JSON record's format and turn it into a pair."""
+@dataclass
+class ColumnMapping:
+    """How a record becomes a pair: named fields, or (nothing set) the record's recognised format.
+
+    Built from the same keys as ``DataSettings``; label names are read once here
+    so that a bad label file fails before any data line is read.
+    """
+
+    prompt_column: str | int | None = None
+    response_column: str | int | None = None
+    system_column: str | int | None = None
+    template: str | None = None
+    label_names: str | Path | Sequence[str] | None = None
+    multi_label: str = "skip"
+    names: list[str] | None = field(init=False, default=None)
+    template_fields: list[str | int] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.multi_label not in MULTI_LABEL_CHOICES:
+            raise SftscopeError(f"multi_label must be skip, first or join, got {self.multi_label!r}")
+        if self.is_set:
+            if self.response_column is None:
+                raise SftscopeError(f"a column mapping needs response_column (set: {', '.join(self._set_keys())})")
+            if self.prompt_column is None and self.template is None:
+                keys = ", ".join(self._set_keys())
+                raise SftscopeError(f"a column mapping needs prompt_column or template (set: {keys})")
+        if self.template is not None:
+            self.template_fields = _template_fields(self.template)
+        self.names = _label_names(self.label_names)
+
+    @property
+    def is_set(self) -> bool:
+        """Any mapping key set: records are read through it instead of being recognised."""
+        return bool(self._set_keys())
+
+    @property
+    def headerless(self) -> bool:
+        """Integer columns are positions, so a table read with them has no header row."""
+        return any(isinstance(c, int) for c in self.columns())
+
+    def columns(self) -> list[str | int]:
+        """The columns named for prompt, response and system (the template's fields are checked per row)."""
+        return [c for c in (self.prompt_column, self.response_column, self.system_column) if c is not None]
+
+    def _set_keys(self) -> list[str]:
+        keys = ("prompt_column", "response_column", "system_column", "template")
+        return [key for key in keys if getattr(self, key) is not None]
+
+
+def _template_fields(template: str) -> list[str | int]:
+    """The fields a template names (``{text}`` -> 'text', ``{0}`` or ``{}`` -> a position)."""
+    fields: list[str | int] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise SftscopeError(f"template {template!r} is not a valid format string ({exc})") from None
+    automatic = 0  # "{}" fields are numbered in order
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        base = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if base == "":
+            base, automatic = str(automatic), automatic + 1
+        fields.append(int(base) if base.isdigit() else base)
+    if not fields:
+        raise SftscopeError(f"template {template!r} names no field ({{text}}, {{0}}): every prompt would be the same")
+    return fields
+
+
+def _label_names(label_names) -> list[str] | None:
+    if label_names is None:
+        return None
+    if isinstance(label_names, (str, Path)):
+        path = Path(label_names)
+        if not path.is_file():
+            raise SftscopeError(f"label-name file not found: {path}")
+        names = [line.strip() for line in _decode(path, path.read_bytes()).splitlines() if line.strip()]
+    else:
+        names = [str(name) for name in label_names]
+    if not names:
+        raise SftscopeError("label names are empty")
+    return names
+
+
+# --------------------------------------------------------------------------- one record -> one pair
+
+
+def pair_from_record(record, where: str, mapping: ColumnMapping | None = None) -> Pair | None:
+    """One record as a pair: through the mapping when set, else by its recognised format.
+
+    None means a multi-label row dropped by ``multi_label: skip``.
+    """
+    mapping = mapping or ColumnMapping()
+    if mapping.is_set:
+        return _mapped_pair(record, where, mapping)
+    pair = _recognised_pair(record, where)
+    if mapping.names is None:
+        return pair
+    response = _label(pair.response.strip(), mapping, where)
+    return None if response is None else replace(pair, response=response)
+
+
+def _recognised_pair(record, where: str) -> Pair:
+    """Alpaca, Dolly-15k, messages or prompt-completion, told apart by their keys."""
     if not isinstance(record, dict):
         raise SftscopeError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "messages" in record:
         return _from_messages(record["messages"], where)
+    if "instruction" in record and "response" in record and "output" not in record:
+        return _from_instruction(record, "context", "response", where)  # Dolly-15k
     if "instruction" in record or "output" in record:
-        instruction, extra, output = record.get("instruction"), record.get("input") or "", record.get("output")
-        _require_text(instruction, "instruction", where)
-        _require_text(output, "output", where)
-        if not isinstance(extra, str):
-            raise SftscopeError(f"{where}: 'input' must be a string")
-        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        return Pair(prompt, output)
+        return _from_instruction(record, "input", "output", where)  # alpaca
     if "prompt" in record or "completion" in record:
         _require_text(record.get("prompt"), "prompt", where)
         _require_text(record.get("completion"), "completion", where)
         return Pair(record["prompt"], record["completion"])
-    keys = ", ".join(sorted(record)) or "none"
+    keys = ", ".join(sorted(map(str, record))) or "none"
     raise SftscopeError(
-        f"{where}: unknown record format (keys: {keys}); expected messages, instruction/output or prompt/completion"
+        f"{where}: unknown record format (keys: {keys}); "
+        "expected messages, instruction/output, instruction/response or prompt/completion"
     )
+
+
+def _from_instruction(record: dict, extra_key: str, response_key: str, where: str) -> Pair:
+    """Alpaca and Dolly: the instruction, then the input (context) after a blank line when there is one."""
+    instruction, extra, response = record.get("instruction"), record.get(extra_key) or "", record.get(response_key)
+    _require_text(instruction, "instruction", where)
+    _require_text(response, response_key, where)
+    if not isinstance(extra, str):
+        raise SftscopeError(f"{where}: '{extra_key}' must be a string")
+    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return Pair(prompt, response)
 
 
 def _require_text(value, name: str, where: str) -> None:
@@ -81,91 +209,110 @@ def _from_messages(messages, where: str) -> Pair:
     return Pair(messages[0]["content"], messages[1]["content"], system)
 
 
-def read_jsonl(path: str | Path) -> list[Pair]:
-    """Read a JSONL file in any supported form; a bad line names file and line."""
-    path = Path(path)
-    if not path.exists():
-        raise SftscopeError(f"data file not found: {path}")
-    pairs = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SftscopeError(f"{where}: malformed JSON ({exc.msg})") from None
-            pairs.append(pair_from_record(record, where))
-    if not pairs:
-        raise SftscopeError(f"{path}: no examples")
-    return pairs
-
-
-def read_table(
-    path: str | Path,
-    *,
-    prompt_column: str = "text",
-    response_column: str = "label",
-    template: str = "{text}",
-    label_names: str | Path | Sequence[str] | None = None,
-    delimiter: str | None = None,
-) -> list[Pair]:
-    """Read CSV/TSV rows as pairs.
-
-    The prompt is ``template`` filled with the row's columns (``{text}`` etc.);
-    the response is ``response_column``, mapped through ``label_names`` (a file
-    with one name per line, or a list) when it holds integer label ids.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise SftscopeError(f"data file not found: {path}")
-    if delimiter is None:
-        delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    names = _label_names(label_names)
-    pairs = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        columns = reader.fieldnames or []
-        for needed in (prompt_column, response_column):
-            if needed not in columns:
-                raise SftscopeError(f"{path}: missing column {needed!r} (columns: {', '.join(columns)})")
-        for number, row in enumerate(reader, start=2):
-            where = f"{path}:{number}"
-            if None in row or any(v is None for v in row.values()):
-                raise SftscopeError(f"{where}: wrong number of fields")
-            try:
-                prompt = template.format(**row) if "{" in template else template + row[prompt_column]
-            except KeyError as exc:
-                raise SftscopeError(f"{where}: template names unknown column {exc}") from None
-            response = _label(row[response_column].strip(), names, where)
-            _require_text(row[prompt_column], prompt_column, where)
-            pairs.append(Pair(prompt, response))
-    if not pairs:
-        raise SftscopeError(f"{path}: no examples")
-    return pairs
-
-
-def _label_names(label_names) -> list[str] | None:
-    if label_names is None:
-        return None
-    if isinstance(label_names, (str, Path)):
-        path = Path(label_names)
-        if not path.exists():
-            raise SftscopeError(f"label-name file not found: {path}")
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _mapped_pair(record, where: str, mapping: ColumnMapping) -> Pair | None:
+    """The prompt from the template or prompt column, the response (a label) and the system text from theirs."""
+    if not isinstance(record, (dict, list)):
+        raise SftscopeError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if mapping.template is not None:
+        prompt = _fill(mapping, record, where)
     else:
-        names = list(label_names)
-    if not names:
-        raise SftscopeError("label names are empty")
-    return names
+        prompt = _text(record, mapping.prompt_column, where)
+    response = _label(_text(record, mapping.response_column, where).strip(), mapping, where)
+    if response is None:
+        return None
+    system = None if mapping.system_column is None else _value(record, mapping.system_column, where) or None
+    return Pair(prompt, response, system)
 
 
-def _label(value: str, names: list[str] | None, where: str) -> str:
+def _fill(mapping: ColumnMapping, record: Record, where: str) -> str:
+    """``template.format(*values, **fields)``; the fields it names must exist, and not all be empty."""
+    values = list(record.values()) if isinstance(record, dict) else list(record)
+    fields = {str(k): v for k, v in record.items()} if isinstance(record, dict) else {}
+    for name in mapping.template_fields:
+        if (name not in fields) if isinstance(name, str) else (name >= len(values)):
+            known = f"fields: {', '.join(fields)}" if fields else f"a header-less row: positions 0-{len(values) - 1}"
+            raise SftscopeError(f"{where}: template names unknown field {{{name}}} ({known})")
+    named = list(dict.fromkeys(mapping.template_fields))
+    if not any(_value(record, name, where).strip() for name in named):  # one empty optional field is fine
+        what = "is" if len(named) == 1 else "are all"
+        raise SftscopeError(f"{where}: {', '.join(map(_column_name, named))} {what} missing or empty")
+    try:
+        return mapping.template.format(*[_display(v) for v in values], **{k: _display(v) for k, v in fields.items()})
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+        raise SftscopeError(f"{where}: cannot fill the template ({type(exc).__name__}: {exc})") from None
+
+
+def _display(value):
+    """A value as the template shows it: text as is, 3.0 as 3, nothing as empty."""
+    plain = _plain(value)
+    return value if plain is None else plain
+
+
+def _field(record: Record, column: str | int, where: str):
+    """One field by name, or by position (0-based) in a header-less row or in the record's field order."""
+    if isinstance(record, dict) and isinstance(column, str):
+        if column not in record:
+            raise SftscopeError(f"{where}: missing field {column!r} (fields: {', '.join(map(str, record)) or 'none'})")
+        return record[column]
+    values = list(record.values()) if isinstance(record, dict) else record
+    if isinstance(column, str):
+        raise SftscopeError(f"{where}: a header-less row has no column {column!r}; use its position (0, 1, ...)")
+    if column >= len(values):
+        raise SftscopeError(f"{where}: no column {column} (the row has {len(values)})")
+    return values[column]
+
+
+def _value(record: Record, column: str | int, where: str) -> str:
+    """A field as text, possibly empty; a list or an object is refused."""
+    raw = _field(record, column, where)
+    value = _plain(raw)
+    if value is None:
+        raise SftscopeError(f"{where}: {_column_name(column)} must be text or a number, got {type(raw).__name__}")
+    return value
+
+
+def _text(record: Record, column: str | int, where: str) -> str:
+    """A field that must hold text (a prompt, a response)."""
+    value = _value(record, column, where)
+    if not value.strip():
+        raise SftscopeError(f"{where}: {_column_name(column)} is missing or empty")
+    return value
+
+
+def _plain(value) -> str | None:
+    """A field as text: a number as a string (3.0 as "3"), a list of ids as "3,7", null as ""; None: not text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return ",".join(map(str, value))  # a multi-label list as the hub has it: [3, 7]
+    return None
+
+
+def _column_name(column: str | int) -> str:
+    return f"column {column}" if isinstance(column, int) else repr(column)
+
+
+def _label(value: str, mapping: ColumnMapping, where: str) -> str | None:
+    """The response through the label names: an id, a name, or several ids (None: a multi-label row to skip)."""
     if not value:
         raise SftscopeError(f"{where}: empty label")
-    if names is None:
+    if mapping.names is None:
         return value
+    if _MULTI_LABEL.fullmatch(value):
+        labels = list(dict.fromkeys(_label_name(part.strip(), mapping.names, where) for part in value.split(",")))
+        if mapping.multi_label == "skip":
+            return None
+        return labels[0] if mapping.multi_label == "first" else ", ".join(labels)
+    return _label_name(value, mapping.names, where)
+
+
+def _label_name(value: str, names: list[str], where: str) -> str:
     try:
         index = int(value)
     except ValueError:
@@ -175,6 +322,186 @@ def _label(value: str, names: list[str] | None, where: str) -> str:
     if not 0 <= index < len(names):
         raise SftscopeError(f"{where}: label index {index} out of range (0-{len(names) - 1})")
     return names[index]
+
+
+# --------------------------------------------------------------------------- files -> records -> pairs
+
+
+def _collect(source: str, records: Iterable[tuple[str, object]], mapping: ColumnMapping) -> list[Pair]:
+    """Every record as a pair; multi-label rows dropped by ``skip`` are counted and reported once."""
+    pairs, skipped = [], 0
+    for where, record in records:
+        pair = pair_from_record(record, where, mapping)
+        if pair is None:
+            skipped += 1
+        else:
+            pairs.append(pair)
+    if skipped:
+        log.warning("%s: skipped %d multi-label rows (multi_label: skip)", source, skipped)
+    if not pairs:
+        raise SftscopeError(f"{source}: no examples" + (f" ({skipped} multi-label rows skipped)" if skipped else ""))
+    return pairs
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise SftscopeError(f"data file not found: {path}")
+    return path
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SftscopeError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """Strict UTF-8 for a whole file: the first bad byte is named with its line, not replaced."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise SftscopeError(f"{path}:{line}: {_not_utf8(data[exc.start], column)}") from None
+    return text.removeprefix("\ufeff")
+
+
+def _not_utf8(byte: int, column: int) -> str:
+    return f"not UTF-8 (byte 0x{byte:02x} at byte {column} of the line); save the file as UTF-8"
+
+
+def _check_line_lengths(path: Path, data: bytes) -> None:
+    """Refuse a line over ``MAX_LINE_BYTES`` before parsing: it is a broken file, not a record."""
+    if len(data) <= MAX_LINE_BYTES:
+        return
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if len(line.rstrip(b"\r")) > MAX_LINE_BYTES:
+            raise SftscopeError(f"{path}:{number}: line longer than {MAX_LINE_BYTES} bytes")
+
+
+def read_jsonl(path: str | Path, **options) -> list[Pair]:
+    """Read a JSONL file in any supported form, or through a column mapping; a bad line names file and line."""
+    path = _existing(path)
+    mapping = ColumnMapping(**options)
+    return _collect(str(path), _jsonl_records(path), mapping)
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
+    """Each non-blank line's JSON value, read in binary so that a bad byte or an over-long line has its number."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise SftscopeError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with handle:
+        lines = iter(lambda: handle.readline(MAX_LINE_BYTES + 2), b"")  # bounded: a huge line is never read whole
+        for number, raw in enumerate(lines, start=1):
+            where = f"{path}:{number}"
+            line = _line_text(raw.rstrip(b"\r\n"), where)
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SftscopeError(f"{where}: malformed JSON ({exc.msg})") from None
+            if not isinstance(record, dict):  # also with a mapping: a JSON array is not a header-less row
+                raise SftscopeError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield where, record
+
+
+def _line_text(raw: bytes, where: str) -> str:
+    if len(raw) > MAX_LINE_BYTES:
+        raise SftscopeError(f"{where}: line longer than {MAX_LINE_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SftscopeError(f"{where}: {_not_utf8(raw[exc.start], exc.start + 1)}") from None
+
+
+def read_table(path: str | Path, *, delimiter: str | None = None, **options) -> list[Pair]:
+    """Read CSV/TSV rows as pairs, through the column mapping or else the columns ``text`` and ``label``.
+
+    Integer columns are 0-based positions in a table without a header row.
+    Errors name the physical line a row starts on.
+    """
+    path = _existing(path)
+    mapping = ColumnMapping(**options)
+    if not mapping.is_set:
+        mapping = replace(mapping, prompt_column="text", response_column="label")
+    named = [c for c in mapping.columns() if isinstance(c, str)]
+    if mapping.headerless and named:
+        raise SftscopeError(
+            f"{path}: integer columns mean a table without a header row, so column {named[0]!r} cannot be "
+            "found by name; give its position"
+        )
+    if delimiter is None:
+        delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    data = _read_bytes(path)
+    _check_line_lengths(path, data)
+    return _collect(str(path), _table_records(path, _decode(path, data), delimiter, mapping), mapping)
+
+
+def _table_records(path: Path, text: str, delimiter: str, mapping: ColumnMapping) -> Iterator[tuple[str, Record]]:
+    """Rows by column name (after the header) or by position (header-less), all of one width."""
+    header: list[str] | None = None
+    width = None
+    for line, row in _csv_rows(path, text, delimiter):
+        if header is None and not mapping.headerless:
+            header = [name.strip() for name in row]
+            missing = [c for c in mapping.columns() if c not in header]
+            if missing:
+                raise SftscopeError(f"{path}:{line}: missing column {missing[0]!r} (columns: {', '.join(header)})")
+            width = len(header)
+            continue
+        width = width or len(row)
+        if len(row) != width:
+            against = "the header has" if header is not None else "the first row has"
+            raise SftscopeError(f"{path}:{line}: wrong number of fields ({len(row)}; {against} {width})")
+        yield f"{path}:{line}", (dict(zip(header, row)) if header is not None else row)
+
+
+def _csv_rows(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank rows with the physical line each starts on; any ``csv.Error`` names its line."""
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise SftscopeError(f"{path}:{reader.line_num}: {exc}") from None
+        if any(cell.strip() for cell in row):
+            yield start, row
+
+
+def read_parquet(path: str | Path, **options) -> list[Pair]:
+    """Read Parquet rows as records (recognised, or through the column mapping); errors name the row."""
+    import pyarrow  # noqa: PLC0415 - only Parquet needs it
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    path = _existing(path)
+    mapping = ColumnMapping(**options)
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pyarrow.ArrowException, OSError, ValueError) as exc:
+        raise SftscopeError(f"{path}: not a valid Parquet file ({_first_line(exc)})") from None
+    return _collect(str(path), ((f"{path}: row {i}", row) for i, row in enumerate(rows, start=1)), mapping)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+READERS: dict[str, Callable[..., list[Pair]]] = {
+    ".jsonl": read_jsonl, ".json": read_jsonl, ".csv": read_table, ".tsv": read_table, ".tab": read_table,
+    ".parquet": read_parquet,
+}
 
 
 def embedded_split(name: str, split: str) -> list[Pair]:
@@ -187,31 +514,37 @@ def embedded_split(name: str, split: str) -> list[Pair]:
     return read_jsonl(Path(str(folder / f"{EMBEDDED_DATASETS[name]}_{split}.jsonl")))
 
 
-def load_pairs(source: str | Path, **table_options) -> list[Pair]:
-    """Pairs from a file (by extension), an embedded data set name, or a hub data set name."""
+def load_pairs(source: str | Path, **options) -> list[Pair]:
+    """Pairs from a file (by extension), a split of a shipped data set (``emotions:validation``), or a hub name.
+
+    ``options`` are the column mapping (``DataSettings``' keys); shipped data sets ignore it.
+    A hub name may end in ``:split`` (default ``train``).
+    """
     text = str(source)
     if text in EMBEDDED_DATASETS:
         raise SftscopeError(f"{text!r} is an embedded data set with splits: use load_splits or embedded_split")
+    name, _, split = text.partition(":")
+    if name in EMBEDDED_DATASETS and split:  # "emotions:validation"
+        return embedded_split(name, split)
     path = Path(text)
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return read_jsonl(path)
-    if suffix in (".csv", ".tsv", ".tab"):
-        return read_table(path, **table_options)
+    reader = READERS.get(path.suffix.lower())
+    if reader is not None:
+        return reader(path, **options)
     if path.exists():
-        raise SftscopeError(f"{path}: unknown data file type {suffix!r} (use .jsonl, .csv or .tsv)")
-    return _load_hub(text, **table_options)
+        kinds = ", ".join(READERS)
+        raise SftscopeError(f"{path}: unknown data file type {path.suffix or '(no extension)'!r} (use {kinds})")
+    return _load_hub(name, split or "train", **options)
 
 
-def _load_hub(name: str, split: str = "train", **_ignored) -> list[Pair]:
+def _load_hub(name: str, split: str = "train", **options) -> list[Pair]:
+    mapping = ColumnMapping(**options)
     try:
         import datasets  # noqa: PLC0415
 
         rows = datasets.load_dataset(name, split=split)
     except Exception as exc:  # noqa: BLE001 - the hub raises many kinds; all mean "cannot load"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SftscopeError(f"cannot load data set {name!r}: not a file, and the hub says: {first}") from exc
-    return [pair_from_record(dict(row), f"{name}[{i}]") for i, row in enumerate(rows)]
+        raise SftscopeError(f"cannot load data set {name!r}: not a file, and the hub says: {_first_line(exc)}") from exc
+    return _collect(name, ((f"{name}: row {i}", dict(row)) for i, row in enumerate(rows, start=1)), mapping)
 
 
 def load_splits(
@@ -220,14 +553,14 @@ def load_splits(
     *,
     test_ratio: float = 0.2,
     seed: int = 0,
-    **table_options,
+    **options,
 ) -> tuple[list[Pair], list[Pair]]:
     """Train and test pairs: from two sources, from an embedded set, or one source split by ratio."""
     if str(train) in EMBEDDED_DATASETS:
         return embedded_split(str(train), "train"), embedded_split(str(train), "test")
-    pairs = load_pairs(train, **table_options)
+    pairs = load_pairs(train, **options)
     if test is not None:
-        return pairs, load_pairs(test, **table_options)
+        return pairs, load_pairs(test, **options)
     if not 0 < test_ratio < 1:
         raise SftscopeError(f"test_ratio must be in (0, 1), got {test_ratio}")
     order = list(range(len(pairs)))
@@ -239,12 +572,16 @@ def load_splits(
     return [p for i, p in enumerate(pairs) if i not in test_idx], [p for i, p in enumerate(pairs) if i in test_idx]
 
 
+def mapping_options(settings: DataSettings) -> dict:
+    """The column-mapping keys of a config, as the keyword options of the readers."""
+    keys = ("prompt_column", "response_column", "system_column", "template", "label_names", "multi_label")
+    return {key: getattr(settings, key) for key in keys}
+
+
 def split_pairs(settings: DataSettings) -> tuple[list[Pair], list[Pair]]:
     """The train and test pairs a config describes, truncated to its example limits."""
     train, test = load_splits(
-        settings.train, settings.test, test_ratio=settings.test_ratio, seed=settings.seed,
-        prompt_column=settings.prompt_column, response_column=settings.response_column, template=settings.template,
-        label_names=settings.label_names,
+        settings.train, settings.test, test_ratio=settings.test_ratio, seed=settings.seed, **mapping_options(settings)
     )
     if settings.max_train_examples:
         train = train[: settings.max_train_examples]

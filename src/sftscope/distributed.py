@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import SftscopeError
-from .jobs import plan_jobs, run_job
+from .jobs import ModelWork, explain, plan_jobs, run_job
 
 log = logging.getLogger(__name__)
 
 _MODELS: dict[str, tuple] = {}  # per worker process: base models loaded once
 
 
-def _job_main(run_dir: str, job, probes, settings) -> int:
+def _job_main(run_dir: str, job, probes, settings, quality) -> int:
     """Runs inside a Ray worker."""
     import torch  # noqa: PLC0415
 
@@ -30,14 +30,15 @@ def _job_main(run_dir: str, job, probes, settings) -> int:
 
     if job.model_name not in _MODELS:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        _MODELS[job.model_name] = load_model_and_tokenizer(job.model_name, dtype="float32", device=device)
+        _MODELS[job.model_name] = load_model_and_tokenizer(job.model_name, dtype=settings.dtype, device=device)
     base, tokenizer = _MODELS[job.model_name]
-    return run_job(run_dir, job, {p.sample: p for p in probes}, settings, base_model=base, tokenizer=tokenizer)
+    return run_job(run_dir, job, {p.sample: p for p in probes}, settings, base_model=base, tokenizer=tokenizer,
+                   quality=quality)
 
 
 def extract_with_ray(
     run_dir: Path,
-    units: list[tuple[str, str, dict]],
+    units: list[ModelWork],
     probes,
     settings,
     *,
@@ -47,19 +48,23 @@ def extract_with_ray(
     num_cpus: float = 1,
     max_retries: int = 3,
     progress: Callable | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> int:
-    """Run every missing unit as Ray jobs; returns the number of units written."""
+    """Run every missing unit (and quality score) of ``units`` as Ray jobs; returns the number of units written."""
     try:
         import ray  # noqa: PLC0415
     except ImportError:
         raise SftscopeError("--ray needs Ray: pip install 'ray[default]'") from None
 
-    jobs = [
-        job
-        for label, name, checkpoints in units
-        for job in plan_jobs(run_dir, model_label=label, model_name=name, checkpoints=checkpoints, probes=probes,
-                             samples_per_job=samples_per_job, batch_samples=settings.batch_samples)
-    ]
+    jobs, qualities = [], {}
+    for work in units:
+        plan = plan_jobs(run_dir, model_label=work.label, model_name=work.name, checkpoints=work.checkpoints,
+                         probes=probes, settings=settings, samples_per_job=samples_per_job, quality=work.quality)
+        note = explain(plan, work.label)
+        if note:
+            (say or log.warning)(note)
+        jobs += plan.jobs
+        qualities[work.label] = work.quality
     if not jobs:
         return 0
     started_here = False
@@ -71,7 +76,8 @@ def extract_with_ray(
         remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
                             retry_exceptions=True)(_job_main)
         probes_ref = ray.put(list(probes))
-        pending = {remote.remote(str(run_dir), job, probes_ref, settings): job for job in jobs}
+        pending = {remote.remote(str(run_dir), job, probes_ref, settings, qualities[job.model_label]): job
+                   for job in jobs}
         bar = progress(total=len(jobs), desc="extraction jobs (ray)") if progress else None
         written, failures = 0, []
         while pending:

@@ -35,6 +35,9 @@ def encoded(
     - ``relative``: |I| >= tau * max|I| of the same sample and checkpoint (default);
     - ``initial``: relative to the sample's maximum at the first checkpoint;
     - ``absolute``: |I| >= ``absolute``.
+
+    A reference maximum of 0 (a game with no interaction at all) makes nothing
+    salient, as ``decompose.salience_threshold`` does.
     """
     frame = _with_defaults(effects)
     inter = frame[frame["order"] > 0].copy()
@@ -53,6 +56,8 @@ def encoded(
         threshold = pd.Series(threshold, index=inter.index)
     else:
         raise SftscopeError(f"unknown salience mode {mode!r}: use relative, initial or absolute")
+    if mode != "absolute":
+        threshold = threshold.where(threshold > 0, np.inf)  # no interaction at all: nothing is encoded
     kept = inter[(inter["abs"] >= threshold) & (inter["abs"] > 0)]
     return kept.drop(columns="abs")
 
@@ -104,14 +109,11 @@ def sample_types(omegas: dict[int, dict[Key, float]]) -> list[SampleTypes]:
     return out
 
 
-def omegas_by_sample(encoded_rows: pd.DataFrame, model: str = "target") -> dict[tuple, dict[int, dict[Key, float]]]:
-    """``{(split, sample): {step: {(kind, mask): effect}}}`` for one model."""
-    rows = encoded_rows[encoded_rows["model"] == model]
-    out: dict[tuple, dict[int, dict[Key, float]]] = {}
-    for (split, sample, step), group in rows.groupby(["split", "sample", "step"]):
-        keys = zip(group["kind"], group["bitmask"].astype(int))
-        out.setdefault((split, sample), {})[int(step)] = dict(zip(keys, group["effect"].astype(float)))
-    return out
+def sample_keys(effects: pd.DataFrame, model: str = "target") -> list[tuple[str, str]]:
+    """Every (split, sample) of a model in the effects table, salient interactions or not."""
+    frame = _with_defaults(effects)
+    rows = frame.loc[frame["model"] == model, ["split", "sample"]].drop_duplicates()
+    return sorted(map(tuple, rows.itertuples(index=False, name=None)))
 
 
 def all_steps(effects: pd.DataFrame, model: str = "target") -> list[int]:
@@ -119,11 +121,22 @@ def all_steps(effects: pd.DataFrame, model: str = "target") -> list[int]:
     return sorted(int(s) for s in frame.loc[frame["model"] == model, "step"].unique())
 
 
-def complete_omegas(omegas: dict[tuple, dict[int, dict[Key, float]]], steps: list[int]) -> None:
-    """A checkpoint where a sample encodes nothing still counts: fill it with an empty set."""
-    for per_step in omegas.values():
-        for step in steps:
-            per_step.setdefault(step, {})
+def sample_omegas(effects: pd.DataFrame, encoded_rows: pd.DataFrame, model: str = "target",
+                  steps: list[int] | None = None) -> dict[tuple, dict[int, dict[Key, float]]]:
+    """``{(split, sample): {step: {(kind, mask): effect}}}`` for one model.
+
+    Every sample of the effects table is there, and every step of ``steps``
+    (default: the model's own steps): a sample or a checkpoint that encodes
+    nothing has an empty set, never a missing entry.
+    """
+    steps = all_steps(effects, model) if steps is None else steps
+    out = {key: {step: {} for step in steps} for key in sample_keys(effects, model)}
+    rows = encoded_rows[encoded_rows["model"] == model] if "model" in encoded_rows else encoded_rows
+    for (split, sample, step), group in rows.groupby(["split", "sample", "step"]):
+        if int(step) in out.get((split, sample), {}):
+            keys = zip(group["kind"], group["bitmask"].astype(int))
+            out[(split, sample)][int(step)] = dict(zip(keys, group["effect"].astype(float)))
+    return out
 
 
 # --------------------------------------------------------------------------- metrics
@@ -191,9 +204,7 @@ def dynamics_table(
     the reference for generalizability.
     """
     enc = encoded(effects, tau=tau, mode=mode, absolute=absolute)
-    steps = all_steps(effects)
-    omegas = omegas_by_sample(enc)
-    complete_omegas(omegas, steps)
+    omegas = sample_omegas(effects, enc)
     base_sets = baseline_sets(effects, enc, baseline_model, baseline_step)
     rows = []
     for (split, sample), per_step in omegas.items():
@@ -201,8 +212,9 @@ def dynamics_table(
             for name in TYPES:
                 inter = getattr(types, name)
                 vals = list(inter.values())
-                gen, gen_w = (
-                    generalizability(inter, base_sets.get((split, sample), {})) if base_sets else (np.nan, np.nan)
+                gen, gen_w = (  # a baseline that encodes nothing for this sample shares nothing: r_gen 0
+                    generalizability(inter, base_sets.get((split, sample), {})) if base_sets is not None
+                    else (np.nan, np.nan)
                 )
                 rows.append({
                     "split": split, "sample": sample, "step": types.step, "type": name,
@@ -217,19 +229,21 @@ def dynamics_table(
     return per_sample
 
 
-def baseline_sets(effects, enc, baseline_model, baseline_step) -> dict[tuple, dict[Key, float]]:
+def baseline_sets(effects, enc, baseline_model, baseline_step) -> dict[tuple, dict[Key, float]] | None:
+    """The baseline model's encoded sets at one step for every sample (``None`` without a baseline model).
+
+    One step for all samples: ``baseline_step``, else the baseline's last
+    checkpoint in the table; a sample that encodes nothing there has an empty set.
+    """
     if baseline_model is None:
-        return {}
-    base = omegas_by_sample(enc, baseline_model)
-    if not base and baseline_model not in set(_with_defaults(effects)["model"]):
+        return None
+    steps = all_steps(effects, baseline_model)
+    if not steps:
         raise SftscopeError(f"baseline model {baseline_model!r} has no rows in the effects table")
-    out = {}
-    for key, per_step in base.items():
-        step = max(per_step) if baseline_step is None else baseline_step
-        if step not in per_step:
-            raise SftscopeError(f"baseline model has no checkpoint {step} for sample {key}")
-        out[key] = per_step[step]
-    return out
+    step = steps[-1] if baseline_step is None else baseline_step
+    if step not in steps:
+        raise SftscopeError(f"the baseline model has no checkpoint {step} (it has {', '.join(map(str, steps))})")
+    return {key: per_step[step] for key, per_step in sample_omegas(effects, enc, baseline_model, [step]).items()}
 
 
 def summarize(per_sample: pd.DataFrame) -> pd.DataFrame:
@@ -239,11 +253,14 @@ def summarize(per_sample: pd.DataFrame) -> pd.DataFrame:
 
 
 def order_table(effects: pd.DataFrame, **options) -> pd.DataFrame:
-    """Eq. 8 pooled over samples: per (step, type, order) strengths and counts, positive and negative."""
+    """Eq. 8 per (step, type, order): strengths and counts, positive and negative, averaged over samples.
+
+    The paper averages the distributions over samples (Appendix E.4); the sums
+    over samples are kept as ``*_total`` columns. Every sample counts, also
+    one that encodes nothing of a type.
+    """
     enc = encoded(effects, **options)
-    steps = all_steps(effects)
-    omegas = omegas_by_sample(enc)
-    complete_omegas(omegas, steps)
+    omegas = sample_omegas(effects, enc)
     max_order = int(_with_defaults(effects)["order"].max())
     pooled: dict[tuple[int, str], dict] = {}
     for (split, sample), per_step in omegas.items():
@@ -251,27 +268,70 @@ def order_table(effects: pd.DataFrame, **options) -> pd.DataFrame:
             for name in TYPES:
                 bucket = pooled.setdefault((types.step, name), {})
                 bucket.update({(k, m, split, sample): v for (k, m), v in getattr(types, name).items()})
-    frames = [order_distribution(inter, max_order).assign(step=step, type=name) for (step, name), inter in pooled.items()]
-    return pd.concat(frames, ignore_index=True)[["step", "type", "order", "strength_pos", "strength_neg",
-                                                 "count_pos", "count_neg"]]
+    samples = max(1, len(omegas))
+    measures = ["strength_pos", "strength_neg", "count_pos", "count_neg"]
+    frames = []
+    for (step, name), inter in pooled.items():
+        dist = order_distribution(inter, max_order).assign(step=step, type=name)
+        for column in measures:
+            dist[f"{column}_total"] = dist[column]
+            dist[column] = dist[column] / samples
+        frames.append(dist)
+    return pd.concat(frames, ignore_index=True)[["step", "type", "order", *measures,
+                                                 *(f"{c}_total" for c in measures)]]
 
 
 def interval_flows(effects: pd.DataFrame, **options) -> pd.DataFrame:
-    """Per interval (t_prev, t]: count and strength newly emerged and newly removed, summed over samples."""
+    """Per interval (t_prev, t]: interactions newly emerged and newly removed, summed over samples.
+
+    Two counts of emergence: ``emerged`` counts churn (an interaction that
+    leaves and comes back counts again each time it reappears);
+    ``emerged_distinct`` counts an interaction once, in the interval where it
+    first emerges. Removal has no churn (a removed interaction is never
+    preserved again). ``emerged_rho`` is the mean, over samples with any, of
+    the uncancelled ratio of the interval's newly emerged (churn) interactions.
+    """
     enc = encoded(effects, **options)
     steps = all_steps(effects)
-    omegas = omegas_by_sample(enc)
-    complete_omegas(omegas, steps)
-    totals = {s: {"emerged": 0, "removed": 0, "emerged_strength": 0.0, "removed_strength": 0.0} for s in steps[1:]}
+    omegas = sample_omegas(effects, enc, steps=steps)
+    columns = ("emerged", "emerged_distinct", "removed", "emerged_strength", "emerged_distinct_strength",
+               "removed_strength")
+    totals = {s: dict.fromkeys(columns, 0.0) for s in steps[1:]}
+    rhos: dict[int, list[float]] = {s: [] for s in steps[1:]}
+    strength = lambda d: float(np.sum(np.abs(list(d.values())))) if d else 0.0  # noqa: E731
     for per_step in omegas.values():
         seq = sample_types(per_step)
+        ever: set = set()
         for prev, cur in zip(seq, seq[1:]):
             new_e = {k: v for k, v in cur.emerged.items() if k not in prev.emerged}
+            first = {k: v for k, v in new_e.items() if k not in ever}
+            ever.update(cur.emerged)
             new_r = {k: v for k, v in cur.removed.items() if k not in prev.removed}
             row = totals[cur.step]
-            row["emerged"] += len(new_e)
-            row["removed"] += len(new_r)
-            row["emerged_strength"] += float(np.sum(np.abs(list(new_e.values())))) if new_e else 0.0
-            row["removed_strength"] += float(np.sum(np.abs(list(new_r.values())))) if new_r else 0.0
-    frame = pd.DataFrame([{"step": s, "step_from": p, **totals[s]} for p, s in zip(steps, steps[1:])])
+            for name, found in (("emerged", new_e), ("emerged_distinct", first), ("removed", new_r)):
+                row[name] += len(found)
+                row[f"{name}_strength"] += strength(found)
+            if new_e:
+                rhos[cur.step].append(uncancelled_ratio(list(new_e.values())))
+    frame = pd.DataFrame([
+        {"step": s, "step_from": p, **{k: (int(v) if "strength" not in k else v) for k, v in totals[s].items()},
+         "emerged_rho": float(np.mean(rhos[s])) if rhos[s] else float("nan")}
+        for p, s in zip(steps, steps[1:])
+    ])
     return frame
+
+
+def probe_utility(effects: pd.DataFrame, *, split: str = "test", **options) -> pd.Series:
+    """Per step: mean over the split's samples of -log sigmoid(bias + sum of its salient interactions) (Eq. 11).
+
+    A sample with no salient interaction at a step is scored on its bias alone.
+    """
+    frame = _with_defaults(effects)
+    frame = frame[(frame["model"] == "target") & (frame["split"] == split)]
+    if frame.empty:
+        return pd.Series(dtype=float)
+    bias = frame[frame["order"] == 0].groupby(["sample", "step"])["effect"].sum()
+    salient = encoded(frame, **options).groupby(["sample", "step"])["effect"].sum()
+    score = bias.add(salient, fill_value=0.0)
+    loss = np.logaddexp(0.0, -score)
+    return loss.groupby(level="step").mean().rename("probe_utility")

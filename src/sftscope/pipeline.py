@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
-from pathlib import Path
 from typing import Callable
 
 from .analyze import analyze
 from .config import AnalysisSettings, RunConfig, TrainConfig, baseline_config, with_output_dir
 from .console import attach_log_file
-from .store import LOCK_NAME, JobFolder, RunFolder, run_lock, write_json, write_text
+from .data import split_pairs
+from .errors import SftscopeError
+from .probes import check_probe_words
+from .store import JobFolder, RunFolder, claim, run_lock, write_json, write_text
 from .train import train
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,24 @@ def _train_stage(config: TrainConfig, folder: RunFolder, name: str, say: Callabl
     if folder.done.exists():
         say(f"{name}: training already done, skipped")
         return
-    if folder.root.exists():
+    if folder.losses.exists():
         say(f"{name}: unfinished training found, restarting it from step 0")
-        for child in folder.root.iterdir():  # keep the folder (and any lock in it), drop partial results
-            if child.name != LOCK_NAME:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
     config = with_output_dir(config, folder.root)
     say(f"{name}: training {config.model}")
-    train(config, progress=progress)
+    train(config, progress=progress)  # removes what an earlier, unfinished training wrote (and only that)
     write_text(folder.done, "done\n")
+
+
+def preflight(config: RunConfig) -> None:
+    """Everything that can be checked without loading a model, before anything is written or trained."""
+    from .models import check_available  # noqa: PLC0415
+
+    configs = [config.train] + ([baseline_config(config)] if config.baseline is not None else [])
+    for item in configs:
+        train_pairs, test_pairs = split_pairs(item.data)  # data errors name file and line
+        check_available(item.model)
+        if item is config.train:
+            check_probe_words(train_pairs, test_pairs, config.analysis)
 
 
 def run(
@@ -49,9 +59,12 @@ def run(
 ) -> dict:
     """Train target (and baseline), analyse, report. Returns the summary.
 
-    ``ray_options`` (``ray_address``, ``samples_per_job``, ``num_gpus``) go to ``analyze``.
+    Checks the data, the models and the settings first, and writes only into a
+    folder that is new, empty or its own. ``ray_options`` (``ray_address``,
+    ``samples_per_job``, ``num_gpus``) go to ``analyze``.
     """
-    folder = JobFolder(config.output_dir)
+    preflight(config)
+    folder = JobFolder(claim(config.output_dir, "job"))
     with run_lock(folder.root):
         attach_log_file(folder.log)
         return _run_locked(config, folder, progress, say, ray_options)
@@ -63,13 +76,13 @@ def _run_locked(config: RunConfig, folder: JobFolder, progress, say, ray_options
     _train_stage(config.train, folder.target, "target", say, progress)
     if config.baseline is not None:
         _train_stage(baseline_config(config), folder.baseline, "baseline", say, progress)
-    say("analysis: extracting interactions at every checkpoint")
+    say("analysis: task quality and interactions at every checkpoint")
     summary = analyze(
         folder.target.root, config.analysis, baseline_run=folder.baseline.root if config.baseline is not None else None,
-        progress=progress, **ray_options,
+        progress=progress, say=say, **ray_options,
     )
     page = build_report(folder.target.root)
-    shutil.copyfile(page, folder.report)
+    write_text(folder.report, page.read_text(encoding="utf-8"))
     summary = {**summary, "report": str(folder.report), "run_config": dataclasses.asdict(config)}
     write_json(folder.summary, summary)
     return summary
@@ -92,3 +105,61 @@ def demo_config(out: str, quick: bool) -> RunConfig:
                            "eval_train_examples": 16, "data": {"max_test_examples": 16}}
         config.analysis = AnalysisSettings(samples_per_split=4, n_players=7)
     return config
+
+
+def dry_run(config: RunConfig) -> list[str]:
+    """What ``run`` would train, extract and score, and how many forward passes that costs; loads no model.
+
+    Counts are sequences through the model (one forward pass each): training
+    sequences, evaluation sequences at the checkpoints, ``2^n`` masked prompts
+    per probe sample and checkpoint, and one prompt plus one continuation per
+    label for task quality. Data that is not on this machine is not fetched.
+    """
+    from .config import players_cost  # noqa: PLC0415
+    from .models import local_model_note  # noqa: PLC0415
+    from .train import checkpoint_steps  # noqa: PLC0415
+
+    lines = [f"output folder: {config.output_dir}"]
+    runs = [("target", config.train)] + ([("baseline", baseline_config(config))] if config.baseline is not None else [])
+    analysis = config.analysis
+    probes = 2 * analysis.samples_per_split
+    masks = 2 ** analysis.n_players
+    total_passes = 0
+    target = None  # (checkpoints, test examples) of the target run, when its data is here
+    for name, item in runs:
+        per_step = item.batch_size * item.gradient_accumulation_steps
+        try:
+            train_pairs, test_pairs = split_pairs(item.data)
+            sizes = (len(train_pairs), len(test_pairs))
+        except SftscopeError as exc:
+            sizes = None
+            lines.append(f"{name}: data {item.data.train!r} not readable here ({exc})")
+        lines.append(f"{name}: {item.model} ({local_model_note(item.model)}), LoRA r {item.lora.r} on "
+                     f"{item.lora.target_modules}, lr {item.learning_rate:g} ({item.lr_scheduler}, warm-up "
+                     f"{item.warmup_ratio:g}), effective batch {per_step}, {item.dtype}")
+        if sizes is None:
+            lines.append(f"{name}: steps and checkpoints depend on the data size ({item.epochs:g} epochs)")
+            continue
+        total = item.max_steps if item.max_steps > 0 else -(-int(sizes[0] * item.epochs) // per_step)
+        steps = checkpoint_steps(total, item.checkpoint_every)
+        train_seqs = total * per_step
+        eval_seqs = len(steps) * (min(item.eval_train_examples, sizes[0]) + sizes[1])
+        total_passes += train_seqs + eval_seqs
+        lines.append(f"{name}: {sizes[0]} train / {sizes[1]} test examples; {total} steps; {len(steps)} checkpoints "
+                     f"({', '.join(map(str, steps[:8]))}{', ...' if len(steps) > 8 else ''}); {train_seqs:,} training "
+                     f"and {eval_seqs:,} evaluation sequences")
+        if name == "target":
+            target = len(steps), sizes[1]
+    if target is not None:
+        target_steps, tests = target
+        extraction = target_steps * probes * masks + (probes * masks if config.baseline is not None else 0)
+        quality = target_steps * tests * 2
+        total_passes += extraction + quality
+        lines.append(f"analysis: {probes} probe samples x {target_steps} target checkpoints"
+                     f"{' + the baseline checkpoint' if config.baseline is not None else ''}, n_players "
+                     f"{analysis.n_players} ({players_cost(analysis.n_players)}): {extraction:,} masked prompts")
+        lines.append(f"task quality: {tests} test examples at {target_steps} checkpoints: {quality:,} sequences "
+                     "(a prompt pass and the label continuations)")
+        lines.append(f"in all: about {total_passes:,} sequences through the models")
+    lines.append("nothing was loaded, trained or written (--dry-run)")
+    return lines

@@ -36,6 +36,11 @@ STOPWORDS = frozenset(
 )
 
 
+def usable_words(text: str) -> int:
+    """Words of ``text`` that can be players: not stopwords, not punctuation (before tokenization)."""
+    return sum(1 for m in WORD_PATTERN.finditer(text) if m.group().lower() not in STOPWORDS)
+
+
 @dataclass(frozen=True)
 class Word:
     """A word of the user content: text, character span in the rendered prompt, token span."""

@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .data import Pair
-from .players import Players
-from .store import read_json, write_json
+from .errors import SftscopeError
+from .players import Players, usable_words
+from .store import digest, read_json, write_json
 
 
 @dataclass
@@ -34,25 +35,66 @@ def draw_probes(train: list[Pair], test: list[Pair], count: int, seed: int) -> l
     return chosen
 
 
+def check_probe_words(train: list[Pair], test: list[Pair], settings) -> dict[str, int]:
+    """Probe prompts with fewer usable words than ``n_players``: refused unless ``allow_fewer`` (then returned).
+
+    Counted on the text (words that are not stopwords), before any model is
+    loaded; a tokenizer can only find fewer (two words sharing a token).
+    """
+    short = {}
+    for sample, _, pair in draw_probes(train, test, settings.samples_per_split, settings.seed):
+        words = usable_words(pair.prompt)
+        if words < settings.n_players:
+            short[sample] = words
+    if short and not settings.allow_fewer:
+        fewest = min(short, key=short.get)
+        total = 2 * settings.samples_per_split
+        raise SftscopeError(
+            f"analysis.n_players is {settings.n_players}, but {len(short)} of the probe prompts (of up to {total}) "
+            f"have fewer usable words (fewest: {short[fewest]}, {fewest}): lower n_players, or set "
+            "analysis.allow_fewer: true to use all their words"
+        )
+    return short
+
+
 def choose_probes(model, tokenizer, train: list[Pair], test: list[Pair], *, count: int, n_players: int,
-                  seed: int) -> list[Probe]:
+                  seed: int, allow_fewer: bool = False) -> list[Probe]:
     """Draw the probe samples and choose each one's players on ``model`` (the model before SFT)."""
     from .extract import select_players  # noqa: PLC0415 - torch only when extracting
 
     probes = []
     for sample, split, pair in draw_probes(train, test, count, seed):
-        players = select_players(model, tokenizer, pair.prompt, pair.response, n_players, allow_fewer=True)
+        try:
+            players = select_players(model, tokenizer, pair.prompt, pair.response, n_players, allow_fewer=allow_fewer)
+        except SftscopeError as exc:
+            raise SftscopeError(f"probe {sample}: {exc}") from None
         probes.append(Probe(sample, split, pair.prompt, pair.response, players))
     return probes
 
 
-def save_probes(path: Path, probes: list[Probe]) -> None:
-    write_json(path, [{**asdict(p), "players": asdict(p.players)} for p in probes])
+def probe_inputs(*, model: str, train: list[Pair], test: list[Pair], count: int, n_players: int, seed: int) -> dict:
+    """What a probe set is drawn from: when any of it changes, the probes are drawn again."""
+    return {"model": model, "data": digest([[asdict(p) for p in train], [asdict(p) for p in test]]),
+            "samples_per_split": count, "n_players": n_players, "seed": seed}
+
+
+def save_probes(path: Path, probes: list[Probe], inputs: dict | None = None) -> None:
+    write_json(path, {"inputs": inputs, "probes": [{**asdict(p), "players": asdict(p.players)} for p in probes]})
+
+
+def stored_probe_inputs(path: Path) -> dict | None:
+    """The inputs a stored probe set was drawn from (``None`` if there is none or it cannot be read)."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data.get("inputs") if isinstance(data, dict) else None
 
 
 def load_probes(path: Path) -> list[Probe]:
+    data = read_json(path)
     out = []
-    for item in read_json(path):
+    for item in data["probes"] if isinstance(data, dict) else data:
         players = Players(**{k: tuple(tuple(x) if isinstance(x, list) else x for x in v) for k, v in item["players"].items()})
         out.append(Probe(item["sample"], item["split"], item["prompt"], item["response"], players))
     return out

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .decompose import reconstruct
+from .dynamics import encoded
 from .errors import SftscopeError
 from .probes import load_probes
 from .store import RunFolder, atomic_write, load_effects, read_json, read_losses, write_text
@@ -103,18 +104,28 @@ def figure_utility(utility: dict[str, float], path: Path) -> Path:
     return _save(fig, path)
 
 
-def figure_losses(losses: pd.DataFrame, recommended: int, min_test: int, path: Path) -> Path:
+def figure_losses(losses: pd.DataFrame, quality: pd.DataFrame, recommended: int, boundary: int, path: Path) -> Path:
+    """Train and test loss, and test accuracy (closed label sets), with the recommended step and the boundary."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
     ax.plot(losses["step"], losses["train_loss"], marker="o", ms=3, label="train loss")
     ax.plot(losses["step"], losses["test_loss"], marker="o", ms=3, label="test loss")
     ax.axvline(recommended, color="#1b7837", ls="--", label=f"recommended (step {recommended})")
-    ax.axvline(min_test, color="gray", ls=":", label=f"min test loss (step {min_test})")
+    ax.axvline(boundary, color="#762a83", ls=":", label=f"end of denoising (step {boundary})")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlim(left=0)
     ax.set_xlabel("SFT step")
     ax.set_ylabel("loss on the response tokens")
-    ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    accuracy = quality.dropna(subset=["accuracy"]) if "accuracy" in quality else quality.iloc[:0]
+    if len(accuracy):
+        right = ax.twinx()
+        line = right.plot(accuracy["step"], accuracy["accuracy"], marker="s", ms=3, color="black", label="test accuracy")
+        right.set_ylim(0, 1.02)
+        right.set_ylabel("test accuracy")
+        handles, labels = handles + line, labels + ["test accuracy"]
+    ax.legend(handles, labels, fontsize=8, loc="center right")
+    ax.set_title("task quality at every checkpoint")
     return _save(fig, path)
 
 
@@ -140,6 +151,65 @@ def figure_fidelity(unit: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+CLEARLY_BETTER = 0.02  # accuracy: a checkpoint this much better than the recommended one is called out
+
+
+def _number(value) -> str:
+    return "undefined" if value is None else f"{value:.2f}"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def headline(summary: dict) -> list[str]:
+    """The answer in plain sentences: the recommendation, its measured quality, and what scored better."""
+    rules = summary["rules"]
+    rec = rules["recommended"]
+    name = summary.get("recommended_rule", rec.get("same_as", ""))
+    lines = [f"Recommended checkpoint: step {rec['step']} ({name}: {rec['rule']})."]
+    if rec.get("accuracy") is not None:
+        quality = {q["step"]: q for q in summary.get("quality", [])}.get(rec["step"], {})
+        f1 = quality.get("macro_f1")
+        lines.append(f"At that step the test accuracy is {_pct(rec['accuracy'])}"
+                     + (f" (macro-F1 {f1:.2f})" if f1 is not None else "") + f" and the test loss {rec['test_loss']:.3f}.")
+        best = rules.get("best_test_accuracy")
+        if best and best["accuracy"] - rec["accuracy"] > CLEARLY_BETTER:
+            when = "later" if best["step"] > rec["step"] else "earlier"
+            lines.append(f"An {when} checkpoint scored clearly better: step {best['step']} has test accuracy "
+                         f"{_pct(best['accuracy'])}, {100 * (best['accuracy'] - rec['accuracy']):.0f} points more.")
+        elif best:
+            lines.append(f"No checkpoint scored more than {100 * CLEARLY_BETTER:.0f} points better "
+                         f"(the best: step {best['step']}, {_pct(best['accuracy'])}).")
+    elif rec.get("test_loss") is not None:
+        lines.append(f"At that step the test loss is {rec['test_loss']:.3f} (open-ended responses: no accuracy).")
+    boundary = summary["stage_boundary_step"]
+    at_boundary = {q["step"]: q for q in summary.get("quality", [])}.get(boundary, {})
+    sentence = f"The denoising stage ends at step {boundary} (rule {summary['settings']['stage_rule']})"
+    if at_boundary.get("accuracy") is not None and rec.get("accuracy") is not None:
+        diff = 100 * (rec["accuracy"] - at_boundary["accuracy"])
+        sentence += (f"; stopping there, as the paper suggests, keeps test accuracy {_pct(at_boundary['accuracy'])}"
+                     f", {abs(diff):.0f} points {'below' if diff > 0 else 'above'} the recommended checkpoint")
+    lines.append(sentence + ".")
+    lines.append("This run has no separate eval split: the rules saw the test loss, so every rule's test accuracy "
+                 "here is a little flattering; benchmarks/stopping.py judges the rules on data they never saw.")
+    return lines
+
+
+def rules_html(summary: dict) -> str:
+    rows = []
+    for name, row in summary["rules"].items():
+        if name == "recommended":
+            continue
+        mark = " class=rec" if name == summary.get("recommended_rule") else ""
+        loss = "n/a" if row["test_loss"] is None else f"{row['test_loss']:.3f}"
+        rows.append(f"<tr{mark}><td>{html.escape(name)}</td><td>{html.escape(row['kind'])}</td><td class=num>{row['step']}"
+                    f"</td><td class=num>{_pct(row['accuracy'])}</td><td class=num>{loss}</td>"
+                    f"<td class=num>{row['compute_fraction']:.2f}</td><td>{html.escape(row['rule'])}</td></tr>")
+    return ("<table id=\"rules\"><tr><th>rule</th><th>kind</th><th>keeps step</th><th>test accuracy</th>"
+            "<th>test loss</th><th>compute fraction</th><th>what it does</th></tr>" + "".join(rows) + "</table>")
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
@@ -155,10 +225,9 @@ def _highlight(prompt: str, spans, words) -> str:
     return "".join(out)
 
 
-def _top_table(unit: pd.DataFrame, k: int = 6) -> str:
-    top = unit[(unit["order"] > 0) & unit["salient"]].reindex(
-        unit[(unit["order"] > 0) & unit["salient"]]["effect"].abs().sort_values(ascending=False).index
-    ).head(k)
+def _top_table(salient: pd.DataFrame, k: int = 6) -> str:
+    """The ``k`` strongest salient interactions of one unit."""
+    top = salient.reindex(salient["effect"].abs().sort_values(ascending=False).index).head(k)
     rows = "".join(
         f"<tr><td>{r.kind}</td><td>{html.escape((' & ' if r.kind == 'AND' else ' | ').join(r.words.split()))}</td>"
         f"<td class=num>{r.effect:+.3f}</td></tr>"
@@ -177,19 +246,22 @@ def build_report(run_dir: str | os.PathLike) -> Path:
     dynamics = pd.read_csv(folder.table("dynamics"))
     findings = pd.read_csv(folder.table("findings"))
     losses = pd.DataFrame(read_losses(run_dir))
-    effects = load_effects(run_dir)
+    quality = pd.read_csv(folder.table("quality"))
+    manifest = read_json(folder.manifest)
+    effects = load_effects(run_dir, [folder.unit(u["model"], u["step"], u["sample"]) for u in manifest["complete_units"]])
     target = effects[effects["model"] == "target"]
+    salient = encoded(target, tau=summary["settings"]["tau"], mode=summary["settings"]["salience"])
     probes = load_probes(folder.probes)
     steps = summary["checkpoints"]
     boundary, last = summary["stage_boundary_step"], steps[-1]
 
     first_unit = target[(target["step"] == last) & (target["sample"] == probes[0].sample)]
     figures = [
+        figure_losses(losses, quality, summary["recommended_step"], boundary, folder.figure("losses")),
         figure_types(dynamics, boundary, folder.figure("types")),
         figure_orders(pd.read_csv(folder.table("orders")), last, folder.figure("orders")),
         figure_quality(dynamics, boundary, folder.figure("quality")),
         figure_utility(summary["utility_cross_entropy"], folder.figure("utility")),
-        figure_losses(losses, summary["recommended_step"], summary["min_test_loss_step"], folder.figure("losses")),
         figure_fidelity(first_unit, folder.figure("fidelity")),
     ]
     shown_steps = sorted({steps[0], boundary, last})
@@ -197,18 +269,19 @@ def build_report(run_dir: str | os.PathLike) -> Path:
     for probe in probes:
         cells = []
         for step in shown_steps:
-            unit = target[(target["step"] == step) & (target["sample"] == probe.sample)]
-            if len(unit):
-                cells.append(f"<div class=cell><h4>step {step}</h4>{_top_table(unit)}</div>")
+            unit = salient[(salient["step"] == step) & (salient["sample"] == probe.sample)]
+            cells.append(f"<div class=cell><h4>step {step}</h4>{_top_table(unit)}</div>")
         samples_html.append(
             f"<section class=sample><h3>{html.escape(probe.sample)} ({probe.split}) &rarr; "
             f"<code>{html.escape(probe.response)}</code></h3>"
             f"<p class=prompt>{_highlight(probe.prompt, probe.players.char_spans, probe.players.words)}</p>"
             f"<div class=cells>{''.join(cells)}</div></section>"
         )
+    findings = findings.fillna({"reason": ""})
+    classes = {"holds": "yes", "does not hold": "no", "not measurable": "na"}
     findings_rows = "".join(
-        f"<tr class={'yes' if f.holds else 'no'}><td>{html.escape(f.finding)}</td><td>{html.escape(f.measured)}</td>"
-        f"<td>{'holds' if f.holds else 'does not hold'}</td></tr>"
+        f"<tr class={classes[f.verdict]}><td>{html.escape(f.finding)}</td><td>{html.escape(f.measured)}</td>"
+        f"<td>{html.escape(f.verdict)}</td><td>{html.escape(f.reason)}</td></tr>"
         for f in findings.itertuples()
     )
     page = f"""<!doctype html>
@@ -217,17 +290,23 @@ def build_report(run_dir: str | os.PathLike) -> Path:
 body {{ font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; color: #222; }}
 .recommend {{ background: #e7f4e4; border-left: 6px solid #1b7837; padding: 1em 1.4em; font-size: 1.15em; }}
 table {{ border-collapse: collapse; font-size: 0.9em; }} td, th {{ border: 1px solid #ccc; padding: 3px 7px; }}
-tr.yes td:last-child {{ color: #1b7837; font-weight: bold; }} tr.no td:last-child {{ color: #b2182b; }}
+tr.yes td:nth-child(3) {{ color: #1b7837; font-weight: bold; }} tr.no td:nth-child(3) {{ color: #b2182b; }}
+tr.na td:nth-child(3) {{ color: #777; }}
 img {{ max-width: 100%; margin: 0.6em 0; }} mark {{ background: #ffe08a; padding: 0 2px; }}
 .cells {{ display: flex; gap: 1em; flex-wrap: wrap; }} .num {{ text-align: right; font-family: monospace; }}
-.sample {{ border-top: 1px solid #ddd; padding-top: 0.5em; }}
+.sample {{ border-top: 1px solid #ddd; padding-top: 0.5em; }} tr.rec td {{ background: #e7f4e4; font-weight: bold; }}
+.recommend p {{ margin: 0.3em 0; }}
 </style></head><body>
 <h1>sftscope report: {html.escape(run_dir.name)}</h1>
-<div class="recommend" id="recommendation">Recommended checkpoint: <b>step {summary['recommended_step']}</b>
-(end of the denoising stage). Minimum test loss: step {summary['min_test_loss_step']}.
-Correlation of emerged interactions with the test&minus;train loss gap: {summary['corr_emerged_vs_loss_gap']:.2f}.</div>
+<div class="recommend" id="recommendation"><p>{'</p><p>'.join(html.escape(line) for line in headline(summary))}</p></div>
+<h2>Every stopping rule on this run</h2>
+{rules_html(summary)}
+<p>Compute fraction: the share of the training steps a rule needs before it can decide. Minimum test loss at
+step {summary['min_test_loss_step']}; correlation of the number of emerged interactions with the
+test&minus;train loss gap: {_number(summary['corr_emerged_vs_loss_gap'])}.</p>
 <h2>The paper's findings on this run</h2>
-<table id="findings"><tr><th>finding</th><th>measured</th><th>verdict</th></tr>{findings_rows}</table>
+<table id="findings"><tr><th>finding</th><th>measured</th><th>verdict</th><th>why</th></tr>{findings_rows}</table>
+<p>What each finding tests, and why: <code>docs/findings.md</code> in the sftscope repository.</p>
 <h2>Figures</h2>
 {''.join(_img(p) for p in figures)}
 <h2>Samples: players highlighted, top interactions at steps {', '.join(map(str, shown_steps))}</h2>

@@ -2,18 +2,25 @@
 
 A run folder (``sftscope train``; the target and the baseline of ``sftscope run``)::
 
-    config.yaml                                  the settings used
+    sftscope-run.json                            marks the folder as sftscope's (it writes nowhere else)
+    sftscope-config.yaml                         the settings used
     sftscope.log                                 library logs and warnings (the terminal stays quiet)
     checkpoint-<step>/                           LoRA adapter (safetensors); step 0 = before SFT
     losses.csv                                   train and test loss at every checkpoint
     DONE                                         written after the last checkpoint
     analysis/probes.json                         probe samples and their frozen players
     analysis/effects/<model>/step-<step>/<sample>.parquet   one finished unit each
+    analysis/quality/<model>/step-<step>.json    task quality of a checkpoint on the test split
     analysis/<table>.csv, summary.json, manifest.json
     report/<figure>.png, report/index.html
 
-A job folder (``sftscope run``) holds ``target/`` and ``baseline/`` run folders
-and copies of the answer, ``summary.json`` and ``report.html``.
+A job folder (``sftscope run``) holds its marker, ``target/`` and ``baseline/``
+run folders, ``sftscope.log`` and copies of the answer, ``summary.json`` and
+``report.html``.
+
+sftscope writes only into folders that are new, empty or marked as its own
+(:func:`claim`); inside them it writes and removes only the names of this
+layout, never a file it did not write.
 
 Every file is written through a temporary name in the same folder and renamed,
 so a reader never sees half a file and an interrupted writer leaves nothing
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import tempfile
@@ -36,6 +44,14 @@ import pandas as pd
 from .errors import SftscopeError
 
 LOCK_NAME = ".sftscope.lock"
+MARKER = "sftscope-run.json"
+# What transformers' Trainer and PEFT write into a checkpoint folder (a retrain removes these, nothing else).
+CHECKPOINT_FILES = frozenset({
+    "README.md", "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja", "tokenizer.json",
+    "tokenizer_config.json", "trainer_state.json", "training_args.bin", "special_tokens_map.json", "vocab.json",
+    "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json", "optimizer.pt", "scheduler.pt",
+    "scaler.pt", "rng_state.pth",
+})
 
 
 # --------------------------------------------------------------------------- layout
@@ -52,7 +68,10 @@ class RunFolder:
 
     @property
     def config(self) -> Path:
-        return self.root / "config.yaml"
+        """The settings the run was trained with (``config.yaml`` in folders of sftscope 0.1)."""
+        current = self.root / "sftscope-config.yaml"
+        legacy = self.root / "config.yaml"
+        return legacy if not current.exists() and legacy.exists() and self.losses.exists() else current
 
     @property
     def losses(self) -> Path:
@@ -65,6 +84,22 @@ class RunFolder:
     @property
     def log(self) -> Path:
         return self.root / "sftscope.log"
+
+    def is_run(self) -> bool:
+        """Marked as an sftscope run folder, or laid out as one by an earlier version (losses and checkpoint 0)."""
+        return _marked(self.root, "run") or (self.losses.exists() and (self.checkpoint(0) / "adapter_config.json").exists())
+
+    def clear_training(self) -> None:
+        """Remove what a previous training wrote (checkpoints, losses, marker of completion); nothing else."""
+        for path in (self.losses, self.done, self.root / "sftscope-config.yaml"):
+            path.unlink(missing_ok=True)
+        for folder in self.root.glob("checkpoint-*"):
+            if folder.is_dir() and folder.name.split("-", 1)[1].isdigit():
+                for item in folder.iterdir():
+                    if item.is_file() and (item.name in CHECKPOINT_FILES or item.name.startswith("rng_state_")):
+                        item.unlink()
+                if not any(folder.iterdir()):
+                    folder.rmdir()
 
     def checkpoint(self, step: int) -> Path:
         """The adapter folder of a step (the name transformers' Trainer gives it)."""
@@ -99,6 +134,10 @@ class RunFolder:
 
     def units(self) -> list[Path]:
         return sorted(self.effects.glob("*/step-*/*.parquet"))
+
+    def quality_unit(self, model: str, step: int) -> Path:
+        """Task quality of one checkpoint on the whole test split."""
+        return self.analysis / "quality" / model / f"step-{step:06d}.json"
 
     def table(self, name: str) -> Path:
         return self.analysis / f"{name}.csv"
@@ -153,18 +192,85 @@ class JobFolder:
         return self.root / "sftscope.log"
 
 
+# --------------------------------------------------------------------------- whose folder
+
+
+def _marked(folder: Path, kind: str) -> bool:
+    try:
+        return read_json(folder / MARKER).get("kind") == kind
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _legacy_job(folder: Path) -> bool:
+    """A job folder of sftscope 0.1: a target run folder and nothing it would not have written."""
+    names = {p.name for p in folder.iterdir()}
+    return RunFolder(folder / "target").is_run() and names <= {
+        "target", "baseline", "summary.json", "report.html", "sftscope.log", LOCK_NAME}
+
+
+def claim(folder: str | os.PathLike, kind: str) -> Path:
+    """Make ``folder`` sftscope's: it must be new, empty, or already its own (``kind``: "job" or "run").
+
+    Anything else is refused with one line before any work, so a user's files
+    are never overwritten or removed.
+    """
+    folder = Path(folder)
+    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+        return folder  # under torchrun/accelerate, rank 0 claims
+    if folder.exists() and not folder.is_dir():
+        raise SftscopeError(f"{folder} is a file, not a folder: choose another output folder")
+    if folder.is_dir() and not (folder / MARKER).exists():
+        owned = RunFolder(folder).is_run() if kind == "run" else _legacy_job(folder)
+        others = sorted(p.name for p in folder.iterdir())
+        if others and not owned:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise SftscopeError(f"{folder} already holds files sftscope did not write ({shown}): "
+                                "use a new or empty folder")
+    elif folder.is_dir() and not _marked(folder, kind):
+        raise SftscopeError(f"{folder} is an sftscope folder of another kind (not a {kind} folder): "
+                            "use a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / MARKER).exists():
+        write_json(folder / MARKER, {"tool": "sftscope", "kind": kind})
+    return folder
+
+
 # --------------------------------------------------------------------------- writing
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
 def atomic_write(path: Path, write: Callable[[str], Any]) -> Path:
-    """Write through a temporary file in the same folder and rename: never a half file."""
+    """Write through a temporary file in the same folder and rename: never a half file.
+
+    The file gets the user's usual permissions (``0666`` less the umask). A
+    write that fails (read-only folder, full disk) raises one line naming the
+    file; the previous version of the file, if any, is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise SftscopeError(f"cannot write {path}: {exc.strerror or exc} (check the folder's permissions and free "
+                            "space)") from exc
     os.close(fd)
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        try:
+            write(tmp)
+            os.chmod(tmp, 0o666 & ~UMASK)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise SftscopeError(f"cannot write {path}: {exc.strerror or exc} (free space or raise the file-size "
+                                "limit; finished results are kept and a rerun resumes)") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -194,6 +300,35 @@ def remove_leftovers(folder: Path) -> None:
             leftover.unlink()
 
 
+# --------------------------------------------------------------------------- what a result was computed from
+
+
+def digest(inputs: Any) -> str:
+    """A short, stable hash of JSON-able inputs."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoint_digest(folder: str | os.PathLike) -> str:
+    """Hash of a checkpoint's adapter weights and config: changes when the checkpoint is retrained."""
+    folder = Path(folder)
+    sha = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        path = folder / name
+        if not path.exists():
+            raise SftscopeError(f"{folder}: no {name} (an incomplete checkpoint: delete it and train again)")
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(chunk)
+    return sha.hexdigest()[:16]
+
+
+def changed_keys(stored: dict | None, wanted: dict) -> list[str]:
+    """The input names whose values differ (all of them when nothing was stored)."""
+    if not isinstance(stored, dict):
+        return sorted(wanted)
+    return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+
+
 # --------------------------------------------------------------------------- losses
 
 
@@ -220,23 +355,49 @@ def read_losses(run_dir: str | os.PathLike) -> list[dict[str, float]]:
 # --------------------------------------------------------------------------- effect units
 
 
-def write_unit(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+INPUTS_KEY = b"sftscope_inputs"
 
 
-def load_effects(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """Every finished unit as one table (sample, split, step, model, kind, bitmask, words, order, effect)."""
-    files = RunFolder(run_dir).units()
+def write_unit(path: Path, frame: pd.DataFrame, inputs: dict | None = None) -> None:
+    """One unit's effects as Parquet; ``inputs`` (what it was computed from) travel in the file's schema."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if inputs is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), INPUTS_KEY: json.dumps(inputs).encode()})
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def unit_inputs(path: Path) -> dict | None:
+    """The inputs stored with a unit; ``None`` for a unit that cannot be read (it is then recomputed)."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta[INPUTS_KEY]) if INPUTS_KEY in meta else {}
+    except (OSError, ValueError, KeyError):  # truncated or not Parquet at all
+        return None
+
+
+def load_effects(run_dir: str | os.PathLike, units: list[Path] | None = None) -> pd.DataFrame:
+    """Finished units as one table (sample, split, step, model, kind, bitmask, words, order, effect).
+
+    ``units``: these files only (the analysis passes the units of its current probes
+    and checkpoints); default every unit in the folder.
+    """
+    files = RunFolder(run_dir).units() if units is None else units
     if not files:
         raise SftscopeError(f"{run_dir}: no extracted interactions yet (run sftscope analyze)")
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
-def write_manifest(run_dir: str | os.PathLike) -> dict:
-    """``analysis/manifest.json``: the finished units (model, step, sample), from the files themselves."""
+def write_manifest(run_dir: str | os.PathLike, units: list[Path] | None = None) -> dict:
+    """``analysis/manifest.json``: the finished units (model, step, sample) the summary was computed from."""
     folder = RunFolder(run_dir)
+    files = folder.units() if units is None else [Path(u) for u in units]
     units = sorted(
-        ({"model": p.parts[-3], "step": int(p.parts[-2].split("-")[1]), "sample": p.stem} for p in folder.units()),
+        ({"model": p.parts[-3], "step": int(p.parts[-2].split("-")[1]), "sample": p.stem} for p in files),
         key=lambda u: (u["model"], u["step"], u["sample"]),
     )
     manifest = {"complete_units": units, "count": len(units)}
@@ -268,12 +429,12 @@ def run_lock(folder: str | os.PathLike):
     if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
         yield
         return
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     mine = str(os.getpid())
     for _ in range(2):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask applies
         except FileExistsError:
             owner = path.read_text(encoding="utf-8").strip() if path.exists() else ""
             if owner == mine:  # re-entered by ourselves
@@ -285,6 +446,8 @@ def run_lock(folder: str | os.PathLike):
                 ) from None
             path.unlink(missing_ok=True)  # stale: its owner died
             continue
+        except OSError as exc:
+            raise SftscopeError(f"cannot write in {folder}: {exc.strerror or exc} (is it read-only?)") from exc
         with os.fdopen(fd, "w") as handle:
             handle.write(mine)
         try:

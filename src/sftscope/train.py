@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +17,7 @@ from .config import TrainConfig, config_yaml
 from .console import attach_log_file
 from .data import split_pairs, to_conversational, to_plain
 from .errors import SftscopeError
-from .store import RunFolder, run_lock, write_losses, write_text
+from .store import RunFolder, claim, run_lock, write_losses, write_text
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +111,30 @@ def train(
     logs; a tqdm-like factory shows one bar over the steps and sends the
     Trainer's log lines to the ``sftscope.train`` logger; ``None`` shows nothing.
     """
+    from .models import check_available  # noqa: PLC0415
+
     out = Path(config.output_dir)
+    folder = RunFolder(out)
+    split_pairs(config.data)  # bad data is reported before anything is written
+    if model is None:
+        check_available(config.model)
+    claim(out, "run")
     with run_lock(out):
-        attach_log_file(RunFolder(out).log)
+        attach_log_file(folder.log)
+        if _rank_zero():
+            folder.clear_training()  # what an earlier training wrote here, and only that
         trainer, steps = build_trainer(config, model=model, tokenizer=tokenizer, callbacks=callbacks,
                                        progress=progress)
         log.info("training %d steps; checkpoints at %s", steps[-1], steps)
         trainer.evaluate()  # step 0: the model before SFT (collective under multi-process training)
         if trainer.is_world_process_zero():
-            trainer.model.save_pretrained(RunFolder(out).checkpoint(0), safe_serialization=True)
+            trainer.model.save_pretrained(folder.checkpoint(0), safe_serialization=True)
         trainer.train()
     return out
+
+
+def _rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def build_trainer(
@@ -185,6 +199,7 @@ def build_trainer(
         peft_config=lora,
         callbacks=[schedule, *(callbacks or [])],
     )
+    trainer.create_model_card = lambda *args, **kwargs: None  # TRL would write README.md into the run folder
     if progress != "transformers":
         from transformers import PrinterCallback  # noqa: PLC0415
 

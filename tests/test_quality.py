@@ -1,0 +1,98 @@
+"""Task quality: label scoring with a shared prompt cache equals the direct computation; metrics by hand."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from sftscope import SftscopeError
+from sftscope.data import Pair
+from sftscope.quality import encode, label_set, macro_f1, score_candidates, score_split
+
+PAIRS = [
+    Pair("classify emotion : we won the game today", "joy"),
+    Pair("classify emotion : my flight got cancelled again so terrible", "anger"),
+    Pair("classify emotion : sad day", "sad"),
+    Pair("classify emotion : i can't believe this outrageous news , very tired", "fear"),
+]
+LABELS = ["anger", "fear", "joy", "sad", "surprise"]
+
+
+def direct_loglik(model, tokenizer, pair, response):
+    """One unpadded forward pass over prompt + completion: the reference computation."""
+    prompt, completion = encode(tokenizer, pair, response)
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    return sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(completion)), len(completion)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma", "llama-plain"])
+def test_shared_cache_scores_equal_direct_ones(arch, tiny_llama, tiny_gemma, word_tokenizer):
+    model = tiny_gemma if arch == "gemma" else tiny_llama
+    tokenizer = word_tokenizer
+    if arch.endswith("plain"):
+        tokenizer = copy.deepcopy(word_tokenizer)
+        tokenizer.chat_template = None
+    scores = score_candidates(model, tokenizer, PAIRS, [LABELS] * len(PAIRS),
+                              reference=[LABELS.index(p.response) for p in PAIRS], batch_size=3)
+    for i, pair in enumerate(PAIRS):
+        for k, label in enumerate(LABELS):
+            expected, length = direct_loglik(model, tokenizer, pair, label)
+            assert scores.loglik[i, k] == pytest.approx(expected, abs=1e-4)
+            assert scores.tokens[i, k] == length
+        prompt, completion = encode(tokenizer, pair, pair.response)
+        with torch.no_grad():
+            argmax = int(model(torch.tensor([prompt])).logits[0, -1].argmax())
+        assert scores.first_token_hit[i] == (argmax == completion[0])
+
+
+def test_completion_is_what_training_sees(word_tokenizer):
+    prompt, completion = encode(word_tokenizer, PAIRS[0], "joy")
+    assert word_tokenizer.decode(completion).split() == ["joy", "</s>"]
+    rendered = word_tokenizer.apply_chat_template([{"role": "user", "content": PAIRS[0].prompt}],
+                                                  add_generation_prompt=True, tokenize=False)
+    assert prompt == word_tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    plain = copy.deepcopy(word_tokenizer)
+    plain.chat_template = None
+    _, completion = encode(plain, PAIRS[0], "joy")
+    assert plain.decode(completion).split() == ["joy", "</s>"]  # the eos TRL appends
+
+
+def test_split_metrics_follow_the_scores(tiny_llama, word_tokenizer):
+    result = score_split(tiny_llama, word_tokenizer, PAIRS, LABELS, batch_size=2)
+    logliks = np.array([[direct_loglik(tiny_llama, word_tokenizer, p, label)[0] for label in LABELS] for p in PAIRS])
+    predicted = logliks.argmax(axis=1)
+    gold = np.array([LABELS.index(p.response) for p in PAIRS])
+    assert result["accuracy"] == pytest.approx(np.mean(predicted == gold))
+    assert result["predictions"] == [LABELS[k] for k in predicted]
+    assert result["macro_f1"] == pytest.approx(macro_f1(gold, predicted))
+    nll = -sum(direct_loglik(tiny_llama, word_tokenizer, p, p.response)[0] for p in PAIRS)
+    tokens = sum(direct_loglik(tiny_llama, word_tokenizer, p, p.response)[1] for p in PAIRS)
+    assert result["token_loss"] == pytest.approx(nll / tokens, abs=1e-5)
+    assert result["n"] == 4 and result["seconds"] >= 0
+    open_ended = score_split(tiny_llama, word_tokenizer, PAIRS, None)
+    assert open_ended["accuracy"] is None and open_ended["macro_f1"] is None
+    assert open_ended["token_loss"] == pytest.approx(result["token_loss"], abs=1e-5)
+    assert open_ended["first_token_accuracy"] == result["first_token_accuracy"]
+
+
+def test_macro_f1_by_hand():
+    gold = np.array([0, 0, 1, 1, 2])
+    pred = np.array([0, 1, 1, 1, 0])
+    # label 0: tp 1 fp 1 fn 1 -> 0.5; label 1: tp 2 fp 1 fn 0 -> 0.8; label 2: tp 0 -> 0
+    assert macro_f1(gold, pred) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert macro_f1(gold, gold) == 1.0
+
+
+def test_label_sets():
+    train = [Pair("a", "joy"), Pair("b", "anger")]
+    test = [Pair("c", "fear")]
+    assert label_set(train, test) == ["anger", "fear", "joy"]
+    assert label_set(train, test, limit=2) is None  # too many distinct responses: open-ended
+    assert label_set(train, test, labels=["joy", "anger", "fear", "love"]) == ["anger", "fear", "joy", "love"]
+    with pytest.raises(SftscopeError, match="test example 0: response 'fear' is not in data.labels"):
+        label_set(train, test, labels=["joy", "anger"])
+    with pytest.raises(SftscopeError, match="not one of the labels"):
+        score_split(None, None, [Pair("a", "love")], ["joy"])

@@ -1,0 +1,324 @@
+"""Never lose or silently reuse the user's work: every fault is one line and exit 2, before any training."""
+
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+
+import pandas as pd
+import pytest
+
+from sftscope.cli import main
+from sftscope.store import RunFolder, load_effects
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """``main`` routes logging and warnings for the terminal; give the next test the state it had."""
+    root = logging.getLogger()
+    handlers, level, show = list(root.handlers), root.level, warnings.showwarning
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    warnings.showwarning = show
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_llama, word_tokenizer):
+    root = tmp_path_factory.mktemp("safety")
+    model = root / "tiny-model"
+    tiny_llama.save_pretrained(model)
+    word_tokenizer.save_pretrained(model)
+    rows = [{"prompt": f"classify emotion : we won the game today {w}", "completion": "joy"} for w in ("so", "very")]
+    rows += [{"prompt": f"classify emotion : my flight got cancelled again {w}", "completion": "anger"}
+             for w in ("so", "today")]
+    data = root / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return root, model, data
+
+
+def train_raw(setup, **overrides):
+    root, model, data = setup
+    raw = {"model": str(model), "batch_size": 2, "max_steps": 2, "checkpoint_every": 2, "max_length": 64,
+           "lora": {"r": 2, "alpha": 4}, "data": {"train": str(data), "test_ratio": 0.5, "max_train_examples": None}}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return raw
+
+
+def write_yaml(path, raw):
+    import yaml
+
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def run_cli(args, capsys, cwd=None):
+    here = os.getcwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        status = main(args)
+    finally:
+        os.chdir(here)
+    captured = capsys.readouterr()
+    run_cli.stdout = captured.out
+    return status, captured.err.strip().splitlines()
+
+
+# Each case: (name, builds (args, folder that must stay untrained) from (tmp_path, setup), message fragment)
+def case_run_into_user_folder(tmp, setup):
+    out = tmp / "u"
+    (out / "target").mkdir(parents=True)
+    (out / "target" / "main.rs").write_text("user file")
+    config = write_yaml(tmp / "c.yaml", {"train": train_raw(setup), "baseline": None, "analysis": {"n_players": 3}})
+    return ["run", str(config), "--output-dir", str(out)], out
+
+
+def case_train_into_cwd_with_config(tmp, setup):
+    config = write_yaml(tmp / "config.yaml", train_raw(setup))
+    return ["train", "config.yaml", "--output-dir", "."], tmp
+
+
+def train_case(**overrides):
+    def build(tmp, setup):
+        out = tmp / "out"
+        return ["train", str(write_yaml(tmp / "c.yaml", train_raw(setup, output_dir=str(out), **overrides)))], out
+    return build
+
+
+def run_case(analysis=None, **train_overrides):
+    def build(tmp, setup):
+        out = tmp / "out"
+        raw = {"output_dir": str(out), "train": train_raw(setup, **train_overrides), "baseline": None,
+               "analysis": {"n_players": 3, **(analysis or {})}}
+        return ["run", str(write_yaml(tmp / "c.yaml", raw))], out
+    return build
+
+
+def raw_config_case(text):
+    def build(tmp, setup):
+        return ["run", str(write_yaml(tmp / "c.yaml", text))], tmp / "never"
+    return build
+
+
+def data_case(content: bytes):
+    def build(tmp, setup):
+        data = tmp / "d.jsonl"
+        data.write_bytes(content)
+        out = tmp / "out"
+        raw = train_raw(setup, output_dir=str(out), data={"train": str(data)})
+        return ["train", str(write_yaml(tmp / "c.yaml", raw))], out
+    return build
+
+
+def extract_case(players, prompt="classify emotion : we won the game today so"):
+    def build(tmp, setup):
+        return ["extract", "--model", str(setup[1]), "--prompt", prompt, "--response", "joy",
+                "--players", str(players)], tmp / "never"
+    return build
+
+
+def hub_case(tmp, setup):
+    out = tmp / "out"
+    return ["train", str(write_yaml(tmp / "c.yaml", train_raw(setup, output_dir=str(out), model="nobody/no-model")))], out
+
+
+def analyze_not_a_run(tmp, setup):
+    (tmp / "notes.txt").write_text("mine")
+    return ["analyze", str(tmp)], tmp
+
+
+GOOD_LINE = b'{"prompt": "classify emotion : we won the game today so", "completion": "joy"}\n'
+CASES = [
+    ("output folder holds user files", case_run_into_user_folder, "already holds files sftscope did not write"),
+    ("train into a folder with the user's config", case_train_into_cwd_with_config, "already holds files"),
+    ("max_steps 0", train_case(max_steps=0), "max_steps: must be a positive number of steps"),
+    ("max_steps -5", train_case(max_steps=-5), "max_steps: must be a positive number of steps"),
+    ("stage_rule bogus", run_case({"stage_rule": "bogus"}), "analysis.stage_rule: must be cumulative or crossover"),
+    ("n_players 0", run_case({"n_players": 0}), "n_players: must be at least 1"),
+    ("n_players 30", run_case({"n_players": 30}), "exact extraction stops at 14"),
+    ("samples_per_split 0", run_case({"samples_per_split": 0}), "samples_per_split: must be at least 1"),
+    ("stop_rule bogus", run_case({"stop_rule": "bogus"}), "stop_rule: must be one of"),
+    ("tau 0", run_case({"tau": 0}), "tau: must be in (0, 1]"),
+    ("prompts shorter than n_players", run_case({"n_players": 12}), "have fewer usable words"),
+    ("extract 30 players", extract_case(30), "1,073,741,824 masked prompts"),
+    ("extract 20 players", extract_case(20), "exact extraction stops at 14"),
+    ("extract empty prompt", extract_case(3, prompt="  "), "--prompt is empty"),
+    ("a 2 MB line", data_case(GOOD_LINE + b'{"prompt": "' + b"x" * 2_000_000 + b'", "completion": "joy"}\n'),
+     "d.jsonl:2: line longer than 1000000 bytes"),
+    ("non-UTF-8 data", data_case(GOOD_LINE + b'{"prompt": "caf\xe9 ok", "completion": "joy"}\n'), "d.jsonl:2: not UTF-8"),
+    ("malformed JSON line", data_case(GOOD_LINE + b'{"prompt": \n'), "d.jsonl:2: malformed JSON"),
+    ("missing data file", train_case(data={"train": "/nonexistent/d.jsonl"}), "data file not found"),
+    ("hub id, no connection", hub_case, "did not answer within 3 s"),
+    ("unknown model", train_case(model="no-such-model"), "unknown model 'no-such-model'"),
+    ("config is a list", raw_config_case("- 1\n- 2\n"), "expected a mapping of settings, got list"),
+    ("config is a string", raw_config_case("just words\n"), "expected a mapping of settings, got str"),
+    ("config is a number", raw_config_case("42\n"), "expected a mapping of settings, got int"),
+    ("baseline is a string", raw_config_case("baseline: gemma3-270m\n"), ".baseline: expected a mapping of settings"),
+    ("malformed YAML", raw_config_case("train: [unclosed\n"), "malformed YAML"),
+    ("unknown key", raw_config_case("trian: {}\n"), "unknown key 'trian'"),
+    ("batch_size 0", train_case(batch_size=0), "batch_size: must be at least 1"),
+    ("lora rank 0", train_case(lora={"r": 0}), "lora.r: the LoRA rank must be at least 1"),
+    ("negative learning rate", train_case(learning_rate=-1e-3), "learning_rate: must be positive"),
+    ("unknown scheduler", train_case(lr_scheduler="bogus"), "lr_scheduler: must be one of"),
+    ("multi_label maybe", train_case(data={"multi_label": "maybe"}), "multi_label: must be skip, first or join"),
+    ("analyze a folder that is no run", analyze_not_a_run, "is not an sftscope run folder"),
+]
+
+
+@pytest.mark.parametrize("name, build, fragment", CASES, ids=[c[0] for c in CASES])
+def test_every_fault_is_one_line_and_exit_2_before_training(name, build, fragment, tmp_path, setup, capsys,
+                                                            monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    args, untouched = build(tmp_path, setup)
+    started = time.perf_counter()
+    status, err = run_cli(args, capsys, cwd=tmp_path)
+    assert status == 2, err
+    assert len(err) == 1 and err[0].startswith("sftscope: error: ") and fragment in err[0], err
+    assert not list(untouched.rglob("checkpoint-*")) if untouched.exists() else True  # nothing was trained
+    assert time.perf_counter() - started < 30
+
+
+def test_damaged_files_name_the_path(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("analysis", "report", ".sftscope.lock"))
+    adapter = RunFolder(run).checkpoint(2) / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:100])  # truncated
+    status, err = run_cli(["analyze", str(run), "--samples", "1", "--players", "3", "--quiet"], capsys)
+    assert status == 2 and len(err) == 1 and "checkpoint-2: cannot read the adapter" in err[0], err
+
+
+def test_read_only_folder_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    """Root ignores file modes, so the operating system's answer is simulated at the one place we create files."""
+    import errno
+    import tempfile
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("analysis", "report", ".sftscope.lock"))
+    real = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and str(run) in str(dir):
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    status, err = run_cli(["analyze", str(run), "--samples", "1", "--players", "3", "--quiet"], capsys)
+    assert status == 2 and len(err) == 1 and "Permission denied" in err[0] and str(run) in err[0], err
+
+
+def test_full_disk_during_analyze_is_one_line_and_keeps_what_was_written(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("analysis", "report", ".sftscope.lock"))
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # `ulimit -f 4`: a file may not grow past 4 KB
+
+    done = subprocess.run([sys.executable, "-m", "sftscope.cli", "analyze", str(run), "--samples", "1",
+                           "--players", "3", "--quiet"], capture_output=True, text=True, preexec_fn=small_files,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and "File too large" in err[0], done.stderr[-2000:]
+    assert not list(run.rglob("*.tmp"))
+    again = subprocess.run([sys.executable, "-m", "sftscope.cli", "analyze", str(run), "--samples", "1",
+                            "--players", "3", "--quiet"], capture_output=True, text=True,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_a_truncated_unit_is_recomputed_with_a_note(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("analysis", "report", ".sftscope.lock"))
+    args = ["analyze", str(run), "--samples", "1", "--players", "3"]
+    assert run_cli(args, capsys)[0] == 0
+    folder = RunFolder(run)
+    unit = folder.units()[0]
+    clean = pd.read_parquet(unit)
+    unit.write_bytes(unit.read_bytes()[:50])
+    status, _ = run_cli(args, capsys)
+    assert status == 0
+    assert "recomputing stored results whose inputs changed: unreadable file (1)" in run_cli.stdout
+    pd.testing.assert_frame_equal(pd.read_parquet(unit), clean)
+
+
+def test_changed_settings_never_reuse_earlier_numbers(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("analysis", "report", ".sftscope.lock"))
+    assert run_cli(["analyze", str(run), "--samples", "1", "--players", "4", "--quiet"], capsys)[0] == 0
+    first = json.loads(RunFolder(run).summary.read_text())
+    assert run_cli(["analyze", str(run), "--samples", "2", "--players", "3"], capsys)[0] == 0
+    second = json.loads(RunFolder(run).summary.read_text())
+    assert (second["settings"]["n_players"], second["settings"]["samples_per_split"]) == (3, 2)
+    manifest = json.loads(RunFolder(run).manifest.read_text())["complete_units"]
+    effects = load_effects(run, [RunFolder(run).unit(u["model"], u["step"], u["sample"]) for u in manifest])
+    assert effects["sample"].nunique() == 4 and effects["order"].max() <= 3  # 2 per split, 3 players: new units
+    assert second["checkpoints"] == first["checkpoints"]
+    # a retrained checkpoint (new adapter weights) is recomputed; the others are not
+    from safetensors.torch import load_file, save_file
+
+    adapter = RunFolder(run).checkpoint(4) / "adapter_model.safetensors"
+    save_file({k: v * 1.5 for k, v in load_file(adapter).items()}, adapter)
+    stamps = {p: p.stat().st_mtime_ns for p in RunFolder(run).units()}
+    status, _ = run_cli(["analyze", str(run), "--samples", "2", "--players", "3"], capsys)
+    assert status == 0
+    changed = {p for p, t in stamps.items() if p.stat().st_mtime_ns != t}
+    assert changed and all("step-000004" in str(p) for p in changed)
+
+
+def test_user_files_are_never_touched(setup, tmp_path, capsys):
+    from sftscope.config import run_config_from_dict
+    from sftscope.pipeline import run
+
+    out = tmp_path / "out"
+    raw = {"output_dir": str(out), "train": train_raw(setup), "baseline": None,
+           "analysis": {"samples_per_split": 1, "n_players": 3}}
+    run(run_config_from_dict(raw), say=lambda _m: None)
+    places = [out, out / "target", out / "target" / "analysis", out / "target" / "report",
+              out / "target" / "checkpoint-2", out / "target" / "analysis" / "effects"]
+    mine = {}
+    for place in places:
+        path = place / "my-notes.txt"
+        path.write_text(f"user data in {place.name}")
+        mine[path] = path.read_bytes()
+    (out / "target" / "DONE").unlink()  # force a retrain: an unfinished run is restarted from step 0
+    run(run_config_from_dict(raw), say=lambda _m: None)
+    config = write_yaml(tmp_path / "bad.yaml", {**raw, "train": train_raw(setup, batch_size=0)})
+    assert run_cli(["run", str(config)], capsys)[0] == 2  # a failing command on the same folder
+    assert {p: p.read_bytes() for p in mine} == mine
+    assert not (out / "config.yaml").exists() and (out / "target" / "sftscope-config.yaml").exists()
+
+
+def test_files_get_the_users_umask(tiny_run):
+    import stat
+
+    from sftscope.store import LOCK_NAME, UMASK, run_lock, write_text
+
+    path = write_text(tiny_run / "analysis" / "mode-check.txt", "x")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~UMASK
+    path.unlink()
+    with run_lock(tiny_run):
+        assert stat.S_IMODE((tiny_run / LOCK_NAME).stat().st_mode) == 0o666 & ~UMASK  # not executable
+
+
+def test_no_solver_banner_on_stdout(capfd):
+    import numpy as np
+
+    from sftscope.decompose import and_or_interactions
+
+    code = "import numpy as np; from sftscope import and_or_interactions; and_or_interactions(np.arange(16.0))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "HiGHS" not in done.stdout and "Copyright" not in done.stdout
+    assert and_or_interactions(np.arange(16.0)).matching_error < 1e-9
