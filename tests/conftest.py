@@ -97,3 +97,20 @@ def tiny_run(tmp_path_factory, tiny_llama, word_tokenizer):
         "data": {"train": str(data), "test_ratio": 0.34, "max_train_examples": None},
     })
     return train(config)
+
+
+@pytest.fixture
+def restore_logging():
+    """``sftscope.cli.main`` routes logging and warnings for the terminal; give the next test the state it had."""
+    import logging
+    import warnings
+
+    root = logging.getLogger()
+    handlers, level, show = list(root.handlers), root.level, warnings.showwarning
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    warnings.showwarning = show

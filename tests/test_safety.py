@@ -1,14 +1,12 @@
 """Never lose or silently reuse the user's work: every fault is one line and exit 2, before any training."""
 
 import json
-import logging
 import os
 import resource
 import shutil
 import subprocess
 import sys
 import time
-import warnings
 
 import pandas as pd
 import pytest
@@ -17,18 +15,7 @@ from sftscope.cli import main
 from sftscope.store import RunFolder, load_effects
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """``main`` routes logging and warnings for the terminal; give the next test the state it had."""
-    root = logging.getLogger()
-    handlers, level, show = list(root.handlers), root.level, warnings.showwarning
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    warnings.showwarning = show
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture(scope="module")

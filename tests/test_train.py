@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +97,44 @@ def test_loss_only_on_response_without_chat_template(tmp_path, tiny_data, tiny_l
     for ids, labels in zip(batch["input_ids"], batch["labels"]):
         trained = plain.decode([int(t) for t, lab in zip(ids, labels) if lab != -100]).split()
         assert trained[0] in ("joy", "anger") and "classify" not in trained
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def write_parquet_fixture(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"sentence": f"classify emotion : we won the game today {w}", "target": "joy"} for w in ("so", "very")]
+    rows += [{"sentence": f"classify emotion : my flight got cancelled {w}", "target": "anger"} for w in ("so", "today")]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return {"train": str(path), "prompt_column": "sentence", "response_column": "target", "test_ratio": 0.5}
+
+
+FORMATS = {
+    "dolly-15k jsonl": lambda tmp: {"train": str(DATA / "dolly.jsonl"), "test_ratio": 0.5},
+    "goemotions tsv + label list": lambda tmp: {"train": str(DATA / "goemotions_train.tsv"), "prompt_column": 0,
+                                                "response_column": 1, "label_names": str(DATA / "goemotions_emotions.txt"),
+                                                "test_ratio": 0.3},
+    "parquet": lambda tmp: write_parquet_fixture(tmp / "rows.parquet"),
+}
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_each_format_trains_one_step_through_the_cli(fmt, tmp_path, tiny_llama, word_tokenizer, capsys):
+    import yaml
+
+    from sftscope.cli import main
+
+    model = tmp_path / "model"
+    tiny_llama.save_pretrained(model)
+    word_tokenizer.save_pretrained(model)
+    data = {**FORMATS[fmt](tmp_path), "max_train_examples": None}
+    config = {"output_dir": str(tmp_path / "run"), "model": str(model), "max_steps": 1, "batch_size": 2,
+              "max_length": 64, "lora": {"r": 2, "alpha": 4}, "data": data}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["train", str(path), "--quiet"]) == 0, capsys.readouterr().err
+    assert sorted(RunFolder(tmp_path / "run").checkpoints()) == [0, 1]
