@@ -56,3 +56,30 @@ def test_monitor_without_stopping_runs_to_the_end(setup):
 def test_monitor_needs_probes(word_tokenizer):
     with pytest.raises(SftscopeError, match="at least one probe"):
         InteractionMonitor(word_tokenizer, [])
+
+
+def test_monitor_stops_by_the_default_eval_loss_rule(setup):
+    import pandas as pd
+
+    from sftscope.stopping import DEFAULT_RULE, patience_pick
+
+    config, model, tok = setup
+    config.learning_rate = 0.3  # large enough that the eval loss soon stops improving
+    config.checkpoint_every = 1  # the trainer evaluates after every step
+    config.max_steps = 10
+    monitor = InteractionMonitor(tok, PROBES, steps=range(11), n_players=3, stop_early=True, metric="eval_test_loss")
+    assert monitor.stop_rule == DEFAULT_RULE
+    trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
+    monitor.attach(trainer)
+    trainer.train()
+    losses = pd.Series(monitor.eval_loss)
+    expected = patience_pick(losses, 2)
+    assert expected is not None and expected.decided_at < 10  # this run's eval loss stops improving
+    assert sorted(losses.index) == list(range(1, expected.decided_at + 1))
+    assert (monitor.keep_step, monitor.stopped_at) == (expected.step, expected.decided_at)
+    assert trainer.state.global_step == expected.decided_at
+
+
+def test_monitor_refuses_a_rule_that_needs_the_whole_run(word_tokenizer):
+    with pytest.raises(SftscopeError, match="cannot decide during training"):
+        InteractionMonitor(word_tokenizer, PROBES, stop_rule="cumulative")

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,34 @@ def test_cli_bad_config_is_one_line(tmp_path, capsys):
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "sftscope: error: " + str(path) + ".train.epochs: expected float, got str ('many')"
+
+
+PAPER = sorted((Path(__file__).parents[1] / "examples" / "paper").glob("*.yaml"))
+
+
+def test_the_papers_seven_settings_validate_and_dry_run(capsys, restore_logging):
+    assert len(PAPER) == 7
+    pairs = {}
+    for path in PAPER:
+        config = load_run_config(path)  # validated: types, values, n_players within the exact limit
+        assert config.analysis.n_players == 10 and config.train.lora.target_modules == "all-linear"
+        assert config.train.batch_size * config.train.gradient_accumulation_steps == 64
+        pairs[path.stem] = (config.train.model, (config.baseline or {}).get("model"))
+        assert main(["run", str(path), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "masked prompts" in out and out.strip().endswith("nothing was loaded, trained or written (--dry-run)")
+    llama2, qwen3, qwen7 = "meta-llama/Llama-2-7b-chat-hf", "Qwen/Qwen2.5-3B-Instruct", "Qwen/Qwen2.5-7B-Instruct"
+    assert pairs["goemotions-qwen2.5-3b"] == (qwen3, llama2) and pairs["goemotions-llama2-7b"] == (llama2, qwen3)
+    assert pairs["unilaw-qwen2.5-3b"] == (qwen3, qwen7) and pairs["unilaw-qwen2.5-7b"] == (qwen7, qwen3)
+    assert pairs["dolly-gemma3-4b"] == ("google/gemma-3-4b-it", None)
+
+
+def test_dry_run_counts_a_local_run(tmp_path, capsys, restore_logging):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'out'}\ntrain: {{max_steps: 40, checkpoint_every: 16}}\n"
+                    "analysis: {samples_per_split: 2, n_players: 5}\n", encoding="utf-8")
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    # target: checkpoints 0 1 2 4 8 16 32 40 = 8; 4 probes x 32 masks x 8 + the baseline's 4 x 32
+    assert "8 checkpoints" in out and f"{4 * 32 * 8 + 4 * 32:,} masked prompts" in out
+    assert not (tmp_path / "out").exists()

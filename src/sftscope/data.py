@@ -514,6 +514,14 @@ def embedded_split(name: str, split: str) -> list[Pair]:
     return read_jsonl(Path(str(folder / f"{EMBEDDED_DATASETS[name]}_{split}.jsonl")))
 
 
+def is_local(source: str | Path | None) -> bool:
+    """Whether a data source is on this machine (a file or a shipped data set), not a hub name."""
+    if source is None:
+        return True
+    name = str(source).partition(":")[0]
+    return name in EMBEDDED_DATASETS or Path(str(source)).exists()
+
+
 def load_pairs(source: str | Path, **options) -> list[Pair]:
     """Pairs from a file (by extension), a split of a shipped data set (``emotions:validation``), or a hub name.
 

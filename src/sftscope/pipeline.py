@@ -21,7 +21,7 @@ from typing import Callable
 from .analyze import analyze
 from .config import AnalysisSettings, RunConfig, TrainConfig, baseline_config, with_output_dir
 from .console import attach_log_file
-from .data import split_pairs
+from .data import is_local, split_pairs
 from .errors import SftscopeError
 from .probes import check_probe_words
 from .store import JobFolder, RunFolder, claim, run_lock, write_json, write_text
@@ -128,17 +128,28 @@ def dry_run(config: RunConfig) -> list[str]:
     target = None  # (checkpoints, test examples) of the target run, when its data is here
     for name, item in runs:
         per_step = item.batch_size * item.gradient_accumulation_steps
-        try:
-            train_pairs, test_pairs = split_pairs(item.data)
-            sizes = (len(train_pairs), len(test_pairs))
-        except SftscopeError as exc:
-            sizes = None
-            lines.append(f"{name}: data {item.data.train!r} not readable here ({exc})")
+        sizes = None
+        if not (is_local(item.data.train) and is_local(item.data.test)):
+            lines.append(f"{name}: data {item.data.train!r} is not on this machine (a hub data set is fetched when the run starts; a file must be there)")
+        else:
+            try:
+                train_pairs, test_pairs = split_pairs(item.data)
+                sizes = (len(train_pairs), len(test_pairs))
+            except SftscopeError as exc:
+                lines.append(f"{name}: data not readable here ({exc})")
         lines.append(f"{name}: {item.model} ({local_model_note(item.model)}), LoRA r {item.lora.r} on "
                      f"{item.lora.target_modules}, lr {item.learning_rate:g} ({item.lr_scheduler}, warm-up "
                      f"{item.warmup_ratio:g}), effective batch {per_step}, {item.dtype}")
         if sizes is None:
-            lines.append(f"{name}: steps and checkpoints depend on the data size ({item.epochs:g} epochs)")
+            steps_each = f"{item.max_steps} steps" if item.max_steps > 0 else (
+                f"{item.epochs:g} epochs = (training examples x {item.epochs:g} / {per_step}) steps")
+            lines.append(f"{name}: {steps_each}, {per_step} training sequences per step; checkpoints at 0, 1, 2, 4, "
+                         f"... then every {item.checkpoint_every} steps, each evaluated on "
+                         f"{item.eval_train_examples} training examples and the test split")
+            if name == "target":
+                lines.append(f"analysis, per target checkpoint: {probes} probe samples x 2^{analysis.n_players} = "
+                             f"{probes * masks:,} masked prompts ({players_cost(analysis.n_players)}), and 2 "
+                             "sequences per test example for task quality")
             continue
         total = item.max_steps if item.max_steps > 0 else -(-int(sizes[0] * item.epochs) // per_step)
         steps = checkpoint_steps(total, item.checkpoint_every)
