@@ -101,3 +101,11 @@ def test_dry_run_counts_a_local_run(tmp_path, capsys, restore_logging):
     # target: checkpoints 0 1 2 4 8 16 32 40 = 8; 4 probes x 32 masks x 8 + the baseline's 4 x 32
     assert "8 checkpoints" in out and f"{4 * 32 * 8 + 4 * 32:,} masked prompts" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_the_other_examples_validate():
+    from sftscope.config import load_config
+
+    for name in ("smollm2-emotions", "gemma3-emotions", "my-data"):
+        config = load_config(Path(__file__).parents[1] / "examples" / f"{name}.yaml")
+        assert config.epochs > 0 and config.lora.target_modules == "all-linear"
