@@ -134,3 +134,23 @@ def test_default_rule_is_offered_and_is_the_settings_default():
     assert DEFAULT_RULE in rules and rules[DEFAULT_RULE].live
     assert AnalysisSettings().stop_rule == DEFAULT_RULE
     assert not math.isnan(rules["last"].pick(signals()).step)
+
+
+def test_the_report_says_plainly_when_a_later_checkpoint_scored_better():
+    from sftscope.report import headline
+
+    def summary(best_step, best_accuracy):
+        row = lambda step, acc: {"step": step, "accuracy": acc, "test_loss": 0.3, "compute_fraction": 0.5,  # noqa: E731
+                                 "kind": "eval loss", "rule": "early stopping"}
+        return {"rules": {"recommended": row(8, 0.50), "eval_loss_patience_2": row(8, 0.50),
+                          ORACLE: row(best_step, best_accuracy)},
+                "recommended_rule": "eval_loss_patience_2", "stage_boundary_step": 4,
+                "quality": [{"step": 4, "accuracy": 0.25, "macro_f1": 0.2}, {"step": 8, "accuracy": 0.5, "macro_f1": 0.4}],
+                "settings": {"stage_rule": "cumulative"}}
+
+    text = " ".join(headline(summary(32, 0.75)))
+    assert "Recommended checkpoint: step 8" in text and "test accuracy is 50% (macro-F1 0.40)" in text
+    assert "A later checkpoint scored clearly better: step 32 has test accuracy 75%, 25 points more." in text
+    assert "keeps test accuracy 25%, 25 points below the recommended checkpoint" in text
+    text = " ".join(headline(summary(8, 0.51)))
+    assert "No checkpoint scored more than 2 points better" in text and "clearly better" not in text

@@ -175,8 +175,8 @@ def headline(summary: dict) -> list[str]:
                      + (f" (macro-F1 {f1:.2f})" if f1 is not None else "") + f" and the test loss {rec['test_loss']:.3f}.")
         best = rules.get("best_test_accuracy")
         if best and best["accuracy"] - rec["accuracy"] > CLEARLY_BETTER:
-            when = "later" if best["step"] > rec["step"] else "earlier"
-            lines.append(f"An {when} checkpoint scored clearly better: step {best['step']} has test accuracy "
+            when = "A later" if best["step"] > rec["step"] else "An earlier"
+            lines.append(f"{when} checkpoint scored clearly better: step {best['step']} has test accuracy "
                          f"{_pct(best['accuracy'])}, {100 * (best['accuracy'] - rec['accuracy']):.0f} points more.")
         elif best:
             lines.append(f"No checkpoint scored more than {100 * CLEARLY_BETTER:.0f} points better "
