@@ -74,7 +74,7 @@ def case_run_into_user_folder(tmp, setup):
 
 
 def case_train_into_cwd_with_config(tmp, setup):
-    config = write_yaml(tmp / "config.yaml", train_raw(setup))
+    write_yaml(tmp / "config.yaml", train_raw(setup))
     return ["train", "config.yaml", "--output-dir", "."], tmp
 
 

@@ -14,7 +14,7 @@ from .config import AnalysisSettings
 from .dynamics import dynamics_table, interval_flows, order_table, probe_utility, summarize
 from .errors import SftscopeError
 from .findings import early_late_quality, final_types, findings, utilities
-from .stopping import DEFAULT_RULE, Signals, StageRule, rule_table, stage_boundary, standard_rules
+from .stopping import Signals, StageRule, rule_table, stage_boundary, standard_rules
 from .store import RunFolder, load_effects, read_json, read_losses, write_json, write_manifest, write_table
 
 
