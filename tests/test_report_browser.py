@@ -64,7 +64,7 @@ def test_quick_demo_end_to_end(tmp_path):
     )
     print(f"demo --quick took {time.perf_counter() - start:.0f} s")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "recommended checkpoint: step" in done.stdout
+    assert "Recommended checkpoint: step" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["recommended_step"] in summary["checkpoints"]
     assert {"recommended_step", "stage_boundary_step", "min_test_loss_step", "findings", "settings"} <= set(summary)
