@@ -41,7 +41,7 @@ from sftscope.data import embedded_split
 from sftscope.jobs import QualityTask, quality_current
 from sftscope.pipeline import run
 from sftscope.quality import label_set, score_split
-from sftscope.stopping import ORACLE, rule_table, standard_rules
+from sftscope.stopping import BENCHMARK_RECORD, ORACLE, rule_table, standard_rules
 from sftscope.store import JobFolder, RunFolder, checkpoint_digest, load_effects, read_json, read_losses, write_json
 from sftscope.summary import quality_table, run_signals
 
@@ -165,11 +165,23 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def package_record(runs: list[dict], heldout: list[dict], rules: dict, frame: pd.DataFrame, report: dict) -> dict:
+    """What the report quotes: each offered rule's mean regret on the held-out half, and its kind."""
+    offered = frame[~frame["rule"].str.contains("oracle") & (frame["rule"] != "recommended")]
+    return {"command": "python benchmarks/stopping.py", "n_runs": len(runs),
+            "datasets": sorted({r["dataset"] for r in runs}), "heldout_half": [r["name"] for r in heldout],
+            "default_rule": report["default_rule"], "chosen_thresholds": report["chosen_thresholds"],
+            "heldout_mean_regret": {r.rule: round(float(r.mean_regret), 2) for r in offered.itertuples()},
+            "kinds": {name: rule.kind for name, rule in rules.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path(__file__).parent / ".stopping-runs")
     parser.add_argument("--runs", nargs="*", help="run names to include (default: all eight)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "stopping.json")
+    parser.add_argument("--record", type=Path, default=Path(__file__).parent.parent / "src" / "sftscope" / BENCHMARK_RECORD,
+                        help="the compact record the report quotes (written only when every run is included)")
     args = parser.parse_args(argv)
     from sftscope.models import load_model_and_tokenizer  # noqa: PLC0415
 
@@ -197,12 +209,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{label} ({', '.join(r['name'] for r in group)}):\n{markdown(frame)}")
     if heldout:
         frame = summarize(heldout, rules)
-        offered = frame[~frame["rule"].str.contains("oracle")]
+        offered = frame[~frame["rule"].str.contains("oracle") & (frame["rule"] != "recommended")]
         report["default_rule"] = offered.iloc[0]["rule"]
         print(f"\nlowest mean regret on the held-out half: {report['default_rule']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=float), encoding="utf-8")
     print(f"written to {args.out}")
+    if heldout and not args.runs:
+        args.record.write_text(json.dumps(package_record(runs, heldout, rules, frame, report), indent=1) + "\n",
+                               encoding="utf-8")
+        print(f"written to {args.record}")
     return 0
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from sftscope.config import AnalysisSettings
 from sftscope.stopping import (
-    DEFAULT_RULE, ORACLE, Decision, Signals, patience_pick, rule_table, standard_rules,
+    DEFAULT_RULE, ORACLE, Decision, Signals, benchmark_record, patience_pick, rule_table, standard_rules,
 )
 
 STEPS = [0, 1, 2, 4, 8, 16, 32]
@@ -154,3 +154,28 @@ def test_the_report_says_plainly_when_a_later_checkpoint_scored_better():
     assert "keeps test accuracy 25%, 25 points below the recommended checkpoint" in text
     text = " ".join(headline(summary(8, 0.51)))
     assert "No checkpoint scored more than 2 points better" in text and "clearly better" not in text
+
+
+def test_headline_quotes_the_stopping_benchmark():
+    from sftscope.report import benchmark_sentence
+
+    record = {"n_runs": 8, "datasets": ["emotions", "tickets"],
+              "heldout_mean_regret": {"eval_loss_patience_2": 1.25, "cumulative": 20.0, "crossover": 35.5},
+              "kinds": {"eval_loss_patience_2": "eval loss", "cumulative": "interaction", "crossover": "interaction"}}
+    text = benchmark_sentence("eval_loss_patience_2", record)
+    assert "8 SFT runs on 2 data sets" in text and "on average 1.2 accuracy points below" in text
+    assert "no interaction-based rule came within 2 points of it (the best, cumulative: 20.0 points)" in text
+    assert "interaction-based rule came" not in benchmark_sentence("cumulative", record)
+    record["heldout_mean_regret"]["cumulative"] = 3.0
+    assert "an interaction-based rule came within 2 points" in benchmark_sentence("eval_loss_patience_2", record)
+    assert benchmark_sentence("last", record) is None and benchmark_sentence("cumulative", None) is None
+
+
+def test_default_rule_is_the_stopping_benchmark_winner():
+    """The shipped default must be what the shipped benchmark record measured best, under today's rule names."""
+    record = benchmark_record()
+    assert record is not None, "src/sftscope/stopping_benchmark.json is missing: run benchmarks/stopping.py"
+    regrets = record["heldout_mean_regret"]
+    assert set(regrets) <= set(standard_rules()), "the record names rules that no longer exist: rerun the benchmark"
+    assert record["default_rule"] == DEFAULT_RULE == AnalysisSettings().stop_rule
+    assert regrets[DEFAULT_RULE] == min(regrets.values())

@@ -89,8 +89,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _print_answer(summary: dict) -> None:
     from .report import headline  # noqa: PLC0415
+    from .stopping import benchmark_record  # noqa: PLC0415
 
-    for line in headline(summary):
+    for line in headline(summary, benchmark_record()):
         print(line)
     print("rule                      keeps step  test accuracy  compute fraction")
     for name, row in summary["rules"].items():

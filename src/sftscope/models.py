@@ -144,14 +144,13 @@ def local_model_note(name_or_path: str) -> str:
         return "embedded"
     if Path(name_or_path).exists():
         return "local folder"
-    try:
-        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+    from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
 
-        if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
-            return "hub id, in the local cache"
-    except Exception:  # noqa: BLE001 - a malformed id is reported when the run starts
-        pass
-    return "hub id, to be downloaded"
+    try:
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+    except ValueError:  # HFValidationError: not a valid repository id
+        return "neither a local folder nor a valid hub id"
+    return "hub id, in the local cache" if isinstance(cached, str) else "hub id, to be downloaded"
 
 
 def _reachable(url: str) -> bool:

@@ -5,7 +5,9 @@ Used by the offline analysis (``summary.py``) and by the live ``InteractionMonit
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib import resources
 from typing import Callable, Literal
 
 import pandas as pd
@@ -30,7 +32,7 @@ class StageRule:
 
 
 def stage_boundary(flows: pd.DataFrame, rule: StageRule = StageRule()) -> int:
-    """The checkpoint step that ends the denoising stage (the recommended stopping point).
+    """The checkpoint step that ends the denoising stage (the paper's proposed stopping point).
 
     Under ``crossover`` with no crossing yet, the last checkpoint: denoising has not ended.
     """
@@ -267,9 +269,17 @@ def standard_rules(*, fraction: float = 0.9, rho_threshold: float = 0.3, utility
     return {rule.name: rule for rule in rules}
 
 
-# The rule with the lowest mean accuracy regret on the held-out half of benchmarks/stopping.py (see BENCHMARKS.md).
+# The rule with the lowest mean accuracy regret on the held-out half of benchmarks/stopping.py (see BENCHMARKS.md);
+# tests/test_stopping.py checks it against the benchmark's record below.
 DEFAULT_RULE = "eval_loss_patience_2"
 ORACLE = "best_test_accuracy"
+BENCHMARK_RECORD = "stopping_benchmark.json"  # written by benchmarks/stopping.py, shipped with the package
+
+
+def benchmark_record() -> dict | None:
+    """The stopping benchmark's measured result per rule (mean regret on held-out runs), or None if not shipped."""
+    path = resources.files("sftscope").joinpath(BENCHMARK_RECORD)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def rule_table(signals: Signals, quality: pd.DataFrame, rules: dict[str, Rule]) -> dict[str, dict]:
