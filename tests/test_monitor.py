@@ -83,3 +83,42 @@ def test_monitor_stops_by_the_default_eval_loss_rule(setup):
 def test_monitor_refuses_a_rule_that_needs_the_whole_run(word_tokenizer):
     with pytest.raises(SftscopeError, match="cannot decide during training"):
         InteractionMonitor(word_tokenizer, PROBES, stop_rule="cumulative")
+
+
+def test_monitor_refuses_to_wait_for_evaluations_that_never_come(setup, caplog):
+    from types import SimpleNamespace
+
+    config, model, tok = setup
+    monitor = InteractionMonitor(tok, PROBES, steps=[0], n_players=3, stop_early=True)
+    trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
+    monitor.attach(trainer)
+    trainer.eval_dataset = None
+    with pytest.raises(SftscopeError, match="has no eval_dataset"):
+        trainer.train()
+    with caplog.at_level("WARNING", logger="sftscope.monitor"):  # evaluations configured, none reported
+        InteractionMonitor(tok, PROBES, stop_early=True).on_train_end(SimpleNamespace(), None, None)
+    assert "could not stop it" in caplog.text
+    with pytest.raises(SftscopeError, match="cannot decide during training"):
+        InteractionMonitor(tok, PROBES, stop_rule="eval_accuracy_patience_2")
+
+
+def test_monitor_names_a_missing_eval_metric(setup, caplog):
+    config, model, tok = setup
+    config.checkpoint_every = 1
+    monitor = InteractionMonitor(tok, PROBES, steps=[0], n_players=3, stop_early=True, metric="eval_loss")
+    trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
+    with caplog.at_level("WARNING", logger="sftscope.monitor"):
+        trainer.train()
+    assert trainer.state.global_step == 6 and monitor.stopped_at is None
+    assert "no evaluation reported 'eval_loss'" in caplog.text and "eval_test_loss, eval_train_loss" in caplog.text
+
+
+def test_monitor_logs_the_step_it_keeps(setup):
+    config, model, tok = setup
+    config.learning_rate, config.checkpoint_every, config.max_steps = 0.3, 1, 10
+    monitor = InteractionMonitor(tok, PROBES, steps=[0], n_players=3, stop_early=True, metric="eval_test_loss")
+    trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
+    monitor.attach(trainer)
+    trainer.train()
+    kept = [h["interactions/keep_step"] for h in trainer.state.log_history if "interactions/keep_step" in h]
+    assert monitor.keep_step is not None and kept == [float(monitor.keep_step)]

@@ -100,6 +100,8 @@ def test_dry_run_counts_a_local_run(tmp_path, capsys, restore_logging):
     out = capsys.readouterr().out
     # target: checkpoints 0 1 2 4 8 16 32 40 = 8; 4 probes x 32 masks x 8 + the baseline's 4 x 32
     assert "8 checkpoints" in out and f"{4 * 32 * 8 + 4 * 32:,} masked prompts" in out
+    # task quality: 60 test examples x 8 checkpoints x (a prompt pass + one continuation per each of 5 labels)
+    assert f"60 test examples at 8 checkpoints: {60 * 8 * 6:,} sequences (a prompt pass and 5 continuation(s)" in out
     assert not (tmp_path / "out").exists()
 
 

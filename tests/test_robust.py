@@ -45,6 +45,18 @@ def test_stale_lock_is_taken_over(tmp_path):
         assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
 
 
+def test_a_lock_being_taken_is_not_stolen(tmp_path):
+    """An empty, fresh lock file is another process between creating it and writing its pid."""
+    (tmp_path / LOCK_NAME).write_text("")
+    with pytest.raises(SftscopeError, match="being taken by another sftscope process"):
+        with run_lock(tmp_path):
+            pass
+    old = time.time() - 60
+    os.utime(tmp_path / LOCK_NAME, (old, old))  # an empty lock left by a process killed in that gap
+    with run_lock(tmp_path):
+        assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
+
+
 def test_killed_at_random_points_then_resumed_gives_the_clean_rows(tiny_run, tmp_path):
     import shutil
 

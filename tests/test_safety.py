@@ -150,6 +150,9 @@ CASES = [
     ("missing data file", train_case(data={"train": "/nonexistent/d.jsonl"}), "data file not found"),
     ("hub id, no connection", hub_case, "did not answer within 3 s"),
     ("unknown model", train_case(model="no-such-model"), "unknown model 'no-such-model'"),
+    ("hub id with a space", train_case(model="owner/bad name"), "not a valid hub id"),
+    ("shipped set and a test source", train_case(data={"train": "emotions", "test": "emotions:validation"}),
+     "data.test 'emotions:validation' would be ignored"),
     ("config is a list", raw_config_case("- 1\n- 2\n"), "expected a mapping of settings, got list"),
     ("config is a string", raw_config_case("just words\n"), "expected a mapping of settings, got str"),
     ("config is a number", raw_config_case("42\n"), "expected a mapping of settings, got int"),
@@ -286,6 +289,24 @@ def test_user_files_are_never_touched(setup, tmp_path, capsys):
     assert run_cli(["run", str(config)], capsys)[0] == 2  # a failing command on the same folder
     assert {p: p.read_bytes() for p in mine} == mine
     assert not (out / "config.yaml").exists() and (out / "target" / "sftscope-config.yaml").exists()
+
+
+def test_a_finished_training_is_not_reused_under_other_settings(setup, tmp_path, capsys):
+    from sftscope.config import run_config_from_dict
+    from sftscope.pipeline import run
+
+    out = tmp_path / "out"
+    raw = {"output_dir": str(out), "train": train_raw(setup), "baseline": None,
+           "analysis": {"samples_per_split": 1, "n_players": 3}}
+    run(run_config_from_dict(raw), say=lambda _m: None)
+    weights = (out / "target" / "checkpoint-2" / "adapter_model.safetensors").read_bytes()
+    changed = write_yaml(tmp_path / "lr.yaml", {**raw, "train": train_raw(setup, learning_rate=3e-4, report_to=["none"])})
+    status, err = run_cli(["run", str(changed)], capsys)
+    assert status == 2 and "was trained with other settings (learning_rate differ)" in err[0], err
+    assert (out / "target" / "checkpoint-2" / "adapter_model.safetensors").read_bytes() == weights
+    said = []
+    run(run_config_from_dict(raw), say=said.append)  # the same settings: reused
+    assert "target: training already done, skipped" in said
 
 
 def test_files_get_the_users_umask(tiny_run):

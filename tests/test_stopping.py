@@ -179,3 +179,14 @@ def test_default_rule_is_the_stopping_benchmark_winner():
     assert set(regrets) <= set(standard_rules()), "the record names rules that no longer exist: rerun the benchmark"
     assert record["default_rule"] == DEFAULT_RULE == AnalysisSettings().stop_rule
     assert regrets[DEFAULT_RULE] == min(regrets.values())
+
+
+def test_live_rules_skip_evaluations_before_the_first_interval():
+    """An eval-only step before the first pair of interaction checkpoints must not crash the live rules."""
+    frame = pd.DataFrame({"step": [10, 20, 30], "step_from": [0, 10, 20], "removed": [5, 1, 0], "emerged": [1, 1, 1],
+                          "emerged_rho": [float("nan")] * 3})
+    steps = [0, 5, 10, 20, 30]
+    live = Signals(steps, pd.Series([3.0, 2.5, 2.0, 1.5, 1.6], index=steps), frame)
+    rules = standard_rules(fraction=0.9)
+    assert rules["cumulative_live"].pick(live) == Decision(20, 30)
+    assert rules["boundary_then_eval_loss"].pick(live).step == 20

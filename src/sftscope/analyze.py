@@ -12,13 +12,13 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from .config import AnalysisSettings, load_config
+from .config import AnalysisSettings, load_trained_config
 from .console import attach_log_file
 from .data import split_pairs
 from .errors import SftscopeError
 from .jobs import ModelWork, QualityTask, current_units, extract_run
 from .probes import check_probe_words, choose_probes, load_probes, probe_inputs, save_probes, stored_probe_inputs
-from .quality import label_set
+from .quality import MAX_LABELS, label_set
 from .store import MARKER, RunFolder, changed_keys, remove_leftovers, run_lock
 from .summary import summarize_run
 
@@ -47,7 +47,7 @@ def analyze(
     folder = RunFolder(Path(run_dir).resolve())
     if not folder.is_run():
         raise SftscopeError(f"{run_dir} is not an sftscope run folder (no {MARKER}): train into it first")
-    config = load_config(folder.config)
+    config = load_trained_config(folder.config)
     train, test = split_pairs(config.data)
     check_probe_words(train, test, settings)  # before any model is loaded
     with run_lock(folder.root):
@@ -72,6 +72,9 @@ def analyze(
 
         # 3. what to compute: every target checkpoint (interactions and task quality), the baseline's chosen one
         labels = label_set(train, test, config.data.labels)
+        if labels is None and say:
+            say(f"task quality: more than {MAX_LABELS} distinct responses, scored as open-ended (no accuracy); "
+                "data.labels names a closed label set")
         quality = QualityTask(tuple(test), None if labels is None else tuple(labels), settings.dtype)
         work = [ModelWork("target", model_name, folder.checkpoints(), quality)]
         if baseline_run is not None:
@@ -80,7 +83,7 @@ def analyze(
             step = max(ckpts) if settings.baseline_step is None else settings.baseline_step
             if step not in ckpts:
                 raise SftscopeError(f"{baseline_run}: no checkpoint at step {step} (it has {sorted(ckpts)})")
-            work.append(ModelWork("baseline", _model_ref(load_config(baseline.config).model), {step: ckpts[step]}))
+            work.append(ModelWork("baseline", _model_ref(load_trained_config(baseline.config).model), {step: ckpts[step]}))
 
         # 4. the missing or stale results, here or on a Ray cluster
         if ray_address is not None:

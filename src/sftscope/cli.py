@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .config import AnalysisSettings
@@ -51,14 +50,14 @@ def _extract(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, load_config  # noqa: PLC0415
-    from .store import read_losses  # noqa: PLC0415
+    from .store import is_rank_zero, read_losses  # noqa: PLC0415
     from .train import train  # noqa: PLC0415
 
     config = load_config(args.config) if args.config else TrainConfig()
     if args.output_dir:
         config.output_dir = args.output_dir
     run = train(config, progress=None if args.quiet else _progress())
-    if os.environ.get("RANK", "0") != "0":  # under torchrun/accelerate, rank 0 reports
+    if not is_rank_zero():  # under torchrun/accelerate, rank 0 reports
         return 0
     print(f"run folder: {run}")
     print("step  train_loss  test_loss")
@@ -173,11 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("run_dir")
     an.add_argument("--baseline-run", help="run folder of a model of another architecture, same data")
     an.add_argument("--baseline-step", type=int, help="baseline checkpoint (default: its last)")
-    an.add_argument("--samples", type=int, default=6, help="probe samples per split (default 6)")
-    an.add_argument("--players", type=int, default=8)
-    an.add_argument("--seed", type=int, default=0)
-    an.add_argument("--tau", type=float, default=0.05)
-    an.add_argument("--stage-rule", choices=["cumulative", "crossover"], default="cumulative")
+    defaults = AnalysisSettings()
+    an.add_argument("--samples", type=int, default=defaults.samples_per_split,
+                    help=f"probe samples per split (default {defaults.samples_per_split})")
+    an.add_argument("--players", type=int, default=defaults.n_players,
+                    help=f"words per prompt (default {defaults.n_players})")
+    an.add_argument("--seed", type=int, default=defaults.seed)
+    an.add_argument("--tau", type=float, default=defaults.tau)
+    an.add_argument("--stage-rule", choices=["cumulative", "crossover"], default=defaults.stage_rule)
     an.add_argument("--stop-rule", default=AnalysisSettings.stop_rule,
                     help=f"the rule that picks the recommended checkpoint (default {AnalysisSettings.stop_rule})")
     an.add_argument("--allow-fewer", action="store_true", help="probe prompts with fewer words use all of them")

@@ -314,6 +314,21 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     return config_from_dict(read_yaml(path), str(path))
 
 
+# sftscope 0.1 stored these CSV-only defaults in every run's config.yaml; now format detection finds them.
+LEGACY_DATA_DEFAULTS = {"prompt_column": "text", "response_column": "label", "template": "{text}"}
+
+
+def load_trained_config(path: str | os.PathLike) -> TrainConfig:
+    """The settings a run folder was trained with, also from a folder of sftscope 0.1 (``config.yaml``)."""
+    raw = read_yaml(path)
+    data = raw.get("data")
+    if Path(path).name == "config.yaml" and isinstance(data, dict):
+        for key, old_default in LEGACY_DATA_DEFAULTS.items():
+            if data.get(key) == old_default:
+                data[key] = None
+    return config_from_dict(raw, str(path))
+
+
 def load_run_config(path: str | os.PathLike) -> RunConfig:
     return run_config_from_dict(read_yaml(path), str(path))
 
@@ -321,6 +336,21 @@ def load_run_config(path: str | os.PathLike) -> RunConfig:
 def config_yaml(config) -> str:
     """The full settings of a config dataclass as YAML text."""
     return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+
+
+UNTRACKED_TRAIN_KEYS = ("output_dir", "report_to")  # where a run is written and logged change no weights
+
+
+def changed_training_settings(stored: TrainConfig, wanted: TrainConfig) -> list[str]:
+    """The dotted keys whose values differ between two training configs (weights-relevant keys only)."""
+    def flat(value, prefix=""):
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: value}
+
+    old, new = flat(dataclasses.asdict(stored)), flat(dataclasses.asdict(wanted))
+    return sorted(k for k in set(old) | set(new)
+                  if old.get(k) != new.get(k) and k.split(".")[0] not in UNTRACKED_TRAIN_KEYS)
 
 
 def with_output_dir(config: TrainConfig, output_dir: str | os.PathLike) -> TrainConfig:

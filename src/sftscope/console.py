@@ -59,7 +59,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def route_output(*, verbose: bool = False, debug: bool = False) -> None:
     """Send library logging and known deprecation warnings to a (pending) log file; keep the terminal quiet."""
-    global _buffer, _counter
+    global _buffer, _counter, _log_path
     import datasets  # noqa: PLC0415
     from transformers.utils import logging as hf_logging  # noqa: PLC0415
 
@@ -72,8 +72,9 @@ def route_output(*, verbose: bool = False, debug: bool = False) -> None:
     terminal.setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
     terminal.addFilter(lambda r: r.name.startswith("sftscope") or r.levelno >= logging.ERROR or verbose or debug)
     terminal.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    _buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    _buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)  # until a run folder
     _counter = _Counter()
+    _log_path = None
     for handler in (terminal, _buffer, _counter):
         root.addHandler(handler)
 
@@ -108,6 +109,8 @@ def attach_log_file(path: Path) -> Path:
 
 def closing_note() -> str | None:
     """One line telling the user that library warnings went to the log file, if any did."""
-    if not _counter or not _counter.count or _log_path is None:
+    if not _counter or not _counter.count:
         return None
+    if _log_path is None:  # a command without a run folder (extract), or one that failed before it had one
+        return f"{_counter.count} library warning(s) not shown (--verbose shows them)"
     return f"{_counter.count} library warning(s) written to {_log_path} (--verbose shows them)"

@@ -565,6 +565,9 @@ def load_splits(
 ) -> tuple[list[Pair], list[Pair]]:
     """Train and test pairs: from two sources, from an embedded set, or one source split by ratio."""
     if str(train) in EMBEDDED_DATASETS:
+        if test is not None:
+            raise SftscopeError(f"data.train {train!r} names both splits of a shipped data set, so data.test "
+                                f"{test!r} would be ignored: use data.train: {train}:train")
         return embedded_split(str(train), "train"), embedded_split(str(train), "test")
     pairs = load_pairs(train, **options)
     if test is not None:
@@ -600,16 +603,23 @@ def split_pairs(settings: DataSettings) -> tuple[list[Pair], list[Pair]]:
     return train, test
 
 
+def plain_prompt(pair: Pair) -> str:
+    """The prompt text a tokenizer without a chat template sees, in training and in scoring."""
+    from .players import PLAIN_SEPARATOR  # noqa: PLC0415
+
+    return (f"{pair.system}\n" if pair.system else "") + pair.prompt + PLAIN_SEPARATOR
+
+
+def chat_messages(pair: Pair) -> list[dict[str, str]]:
+    """The prompt as chat messages (system, if any, then user)."""
+    return ([{"role": "system", "content": pair.system}] if pair.system else []) + [{"role": "user", "content": pair.prompt}]
+
+
 def to_plain(pairs: Iterable[Pair]):
     """Prompt-completion text for tokenizers without a chat template (same text as extraction renders)."""
     import datasets  # noqa: PLC0415
 
-    from .players import PLAIN_SEPARATOR  # noqa: PLC0415
-
-    rows = [
-        {"prompt": (f"{p.system}\n" if p.system else "") + p.prompt + PLAIN_SEPARATOR, "completion": p.response}
-        for p in pairs
-    ]
+    rows = [{"prompt": plain_prompt(p), "completion": p.response} for p in pairs]
     if not rows:
         raise SftscopeError("empty split: no examples to train or evaluate on")
     return datasets.Dataset.from_list(rows)
@@ -619,11 +629,7 @@ def to_conversational(pairs: Iterable[Pair]):
     """A ``datasets.Dataset`` in TRL's conversational prompt-completion form (loss on the completion)."""
     import datasets  # noqa: PLC0415
 
-    rows = []
-    for pair in pairs:
-        prompt = [{"role": "system", "content": pair.system}] if pair.system else []
-        prompt.append({"role": "user", "content": pair.prompt})
-        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": pair.response}]})
+    rows = [{"prompt": chat_messages(p), "completion": [{"role": "assistant", "content": p.response}]} for p in pairs]
     if not rows:
         raise SftscopeError("empty split: no examples to train or evaluate on")
     return datasets.Dataset.from_list(rows)

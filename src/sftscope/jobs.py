@@ -180,7 +180,7 @@ def run_job(
             )
             for sample, result in zip(batch, results):
                 if sample in missing:
-                    frame = result.to_dataframe().assign(
+                    frame = result.to_dataframe().drop(columns="salient").assign(  # salience follows tau: summary only
                         sample=sample, split=probes[sample].split, step=job.step, model=job.model_label
                     )
                     write_unit(targets[sample], frame, wanted[sample])

@@ -127,7 +127,11 @@ def check_available(name_or_path: str) -> None:
                             f"not an embedded model ({', '.join(EMBEDDED_MODELS)})")
     from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
 
-    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+    try:
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+    except ValueError as exc:  # HFValidationError: characters a hub id cannot have
+        raise SftscopeError(f"unknown model {name_or_path!r}: not a valid hub id ({str(exc).splitlines()[0]})") from None
+    if isinstance(cached, str):
         return
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
         raise SftscopeError(f"model {name_or_path!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
@@ -225,10 +229,15 @@ def load_checkpoint(base_model, checkpoint: str | os.PathLike):
     path = Path(checkpoint)
     if not (path / "adapter_model.safetensors").exists():
         raise SftscopeError(f"{path}: no adapter_model.safetensors")
+    import torch  # noqa: PLC0415
+    from safetensors import SafetensorError  # noqa: PLC0415
+
     try:
         merged = PeftModel.from_pretrained(copy.deepcopy(base_model), str(path)).merge_and_unload()
-    except Exception as exc:  # noqa: BLE001 - safetensors, PEFT and torch raise many kinds for a damaged file
+    except torch.OutOfMemoryError:
+        raise
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:  # what a damaged file raises
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SftscopeError(f"{path}: cannot read the adapter ({first}); the checkpoint is damaged: "
-                            "train the run again") from exc
+        raise SftscopeError(f"{path}: cannot read the adapter ({first}); the checkpoint is damaged or belongs to "
+                            "another base model: train the run again") from exc
     return merged.eval()

@@ -62,7 +62,7 @@ class InteractionMonitor(TrainerCallback):
         if not probes:
             raise SftscopeError("InteractionMonitor needs at least one probe pair")
         self.rules = standard_rules(fraction=rule.fraction, boundary_patience=patience)
-        live = [name for name, r in self.rules.items() if r.live]
+        live = [name for name, r in self.rules.items() if r.live and r.kind != "eval accuracy"]  # no accuracy here
         if stop_rule not in live:
             raise SftscopeError(f"stop_rule {stop_rule!r} cannot decide during training (use one of: {', '.join(live)})")
         self.tokenizer = tokenizer
@@ -80,6 +80,7 @@ class InteractionMonitor(TrainerCallback):
         self.players = None
         self.frames: list[pd.DataFrame] = []
         self.eval_loss: dict[int, float] = {}
+        self.seen_losses: set[str] = set()
         self.boundary: int | None = None
         self.history: list[int | None] = []
         self.keep_step: int | None = None
@@ -177,8 +178,23 @@ class InteractionMonitor(TrainerCallback):
             metrics, stop = self._decide(step, extracted=True)
         self._act(state, control, metrics, stop)
 
+    def _reads_eval_loss(self) -> bool:
+        return "eval loss" in self.rules[self.stop_rule].kind
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.stop_early and self._reads_eval_loss() and self.trainer is not None and self.trainer.eval_dataset is None:
+            raise SftscopeError(f"InteractionMonitor: stop_rule {self.stop_rule!r} reads {self.metric!r}, but the "
+                                "trainer has no eval_dataset: pass one (and an evaluation schedule), "
+                                "or stop_rule='cumulative_live'")
         self._run(args, state, control, model)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.stop_early and self._reads_eval_loss() and not self.eval_loss:
+            seen = ", ".join(sorted(self.seen_losses)) or "none"
+            log.warning("interaction monitor: no evaluation reported %r during training, so %s could not stop it "
+                        "(losses reported: %s): pass metric= one of them, or set an evaluation schedule",
+                        self.metric, self.stop_rule, seen)
         return control
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -186,13 +202,17 @@ class InteractionMonitor(TrainerCallback):
         return control
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not metrics or self.metric not in metrics:
+        if not metrics:
+            return control
+        self.seen_losses.update(k for k in metrics if k.endswith("loss"))
+        if self.metric not in metrics:  # one of several eval sets (each is reported on its own), or a wrong name
             return control
         self.eval_loss[state.global_step] = float(metrics[self.metric])
+        found: dict[str, float] = {}
         stop = False
         if state.is_world_process_zero and state.global_step > 0:
-            _, stop = self._decide(state.global_step, extracted=False)
-        self._act(state, control, {}, stop)
+            found, stop = self._decide(state.global_step, extracted=False)
+        self._act(state, control, found, stop)
         return control
 
 

@@ -19,7 +19,9 @@ import logging
 from typing import Callable
 
 from .analyze import analyze
-from .config import AnalysisSettings, RunConfig, TrainConfig, baseline_config, with_output_dir
+from .config import (
+    AnalysisSettings, RunConfig, TrainConfig, baseline_config, changed_training_settings, load_trained_config, with_output_dir,
+)
 from .console import attach_log_file
 from .data import is_local, split_pairs
 from .errors import SftscopeError
@@ -32,6 +34,10 @@ log = logging.getLogger(__name__)
 
 def _train_stage(config: TrainConfig, folder: RunFolder, name: str, say: Callable[[str], None], progress) -> None:
     if folder.done.exists():
+        changed = changed_training_settings(load_trained_config(folder.config), config)
+        if changed:
+            raise SftscopeError(f"{folder.root} was trained with other settings ({', '.join(changed)} differ): "
+                                "use a new output_dir, or remove this one to train again")
         say(f"{name}: training already done, skipped")
         return
     if folder.losses.exists():
@@ -117,7 +123,8 @@ def dry_run(config: RunConfig) -> list[str]:
     """
     from .config import players_cost  # noqa: PLC0415
     from .models import local_model_note  # noqa: PLC0415
-    from .train import checkpoint_steps  # noqa: PLC0415
+    from .quality import label_set  # noqa: PLC0415
+    from .train import checkpoint_steps, total_steps  # noqa: PLC0415
 
     lines = [f"output folder: {config.output_dir}"]
     runs = [("target", config.train)] + ([("baseline", baseline_config(config))] if config.baseline is not None else [])
@@ -125,7 +132,7 @@ def dry_run(config: RunConfig) -> list[str]:
     probes = 2 * analysis.samples_per_split
     masks = 2 ** analysis.n_players
     total_passes = 0
-    target = None  # (checkpoints, test examples) of the target run, when its data is here
+    target = None  # (checkpoints, test examples, sequences per test example) of the target run, when its data is here
     for name, item in runs:
         per_step = item.batch_size * item.gradient_accumulation_steps
         sizes = None
@@ -148,10 +155,10 @@ def dry_run(config: RunConfig) -> list[str]:
                          f"{item.eval_train_examples} training examples and the test split")
             if name == "target":
                 lines.append(f"analysis, per target checkpoint: {probes} probe samples x 2^{analysis.n_players} = "
-                             f"{probes * masks:,} masked prompts ({players_cost(analysis.n_players)}), and 2 "
-                             "sequences per test example for task quality")
+                             f"{probes * masks:,} masked prompts ({players_cost(analysis.n_players)}), and a prompt "
+                             "pass plus one continuation per label for each test example (task quality)")
             continue
-        total = item.max_steps if item.max_steps > 0 else -(-int(sizes[0] * item.epochs) // per_step)
+        total = total_steps(item, sizes[0])
         steps = checkpoint_steps(total, item.checkpoint_every)
         train_seqs = total * per_step
         eval_seqs = len(steps) * (min(item.eval_train_examples, sizes[0]) + sizes[1])
@@ -160,17 +167,18 @@ def dry_run(config: RunConfig) -> list[str]:
                      f"({', '.join(map(str, steps[:8]))}{', ...' if len(steps) > 8 else ''}); {train_seqs:,} training "
                      f"and {eval_seqs:,} evaluation sequences")
         if name == "target":
-            target = len(steps), sizes[1]
+            labels = label_set(train_pairs, test_pairs, item.data.labels)
+            target = len(steps), sizes[1], 2 if labels is None else 1 + len(labels)
     if target is not None:
-        target_steps, tests = target
+        target_steps, tests, per_example = target
         extraction = target_steps * probes * masks + (probes * masks if config.baseline is not None else 0)
-        quality = target_steps * tests * 2
+        quality = target_steps * tests * per_example
         total_passes += extraction + quality
         lines.append(f"analysis: {probes} probe samples x {target_steps} target checkpoints"
                      f"{' + the baseline checkpoint' if config.baseline is not None else ''}, n_players "
                      f"{analysis.n_players} ({players_cost(analysis.n_players)}): {extraction:,} masked prompts")
         lines.append(f"task quality: {tests} test examples at {target_steps} checkpoints: {quality:,} sequences "
-                     "(a prompt pass and the label continuations)")
+                     f"(a prompt pass and {per_example - 1} continuation(s) each)")
         lines.append(f"in all: about {total_passes:,} sequences through the models")
     lines.append("nothing was loaded, trained or written (--dry-run)")
     return lines

@@ -25,9 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import Pair
+from .data import Pair, chat_messages, plain_prompt
 from .errors import SftscopeError
-from .players import PLAIN_SEPARATOR
 
 MAX_LABELS = 20  # at most this many distinct responses (train and test together) form a closed label set
 
@@ -60,15 +59,14 @@ def encode(tokenizer, pair: Pair, response: str) -> tuple[list[int], list[int]]:
     ``prompt + "\\n"`` and ``response + eos``.
     """
     if getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": pair.system}] if pair.system else [])
-        messages.append({"role": "user", "content": pair.prompt})
+        messages = chat_messages(pair)
         prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
                                                   tokenize=False)
         prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         full = tokenizer(full_text, add_special_tokens=False)["input_ids"]
     else:
-        text = (f"{pair.system}\n" if pair.system else "") + pair.prompt + PLAIN_SEPARATOR
+        text = plain_prompt(pair)
         prompt = tokenizer(text)["input_ids"]
         full = tokenizer(text + response + (tokenizer.eos_token or ""))["input_ids"]
     shared = 0

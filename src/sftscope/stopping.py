@@ -99,13 +99,6 @@ class Signals:
     emerged_rho: pd.Series | None = None
     eval_accuracy: pd.Series | None = None
 
-    def upto(self, step: int) -> "Signals":
-        """What was known at ``step`` (for live use and for replaying a run)."""
-        cut = lambda s: None if s is None else s[s.index <= step]  # noqa: E731
-        flows = None if self.flows is None else self.flows[self.flows["step"] <= step]
-        return Signals([s for s in self.steps if s <= step], cut(self.eval_loss), flows, cut(self.probe_utility),
-                       cut(self.emerged_rho), cut(self.eval_accuracy))
-
 
 def patience_pick(values: pd.Series, patience: int, *, first_step: int = 1) -> Decision | None:
     """What ``transformers.EarlyStoppingCallback`` (threshold 0, lower is better) keeps on these evaluations.
@@ -182,6 +175,8 @@ def rule_cumulative_live(fraction: float, patience: int = 1):
         history: list[int] = []
         for step in signals.steps[1:]:
             flows = signals.flows[signals.flows["step"] <= step]
+            if flows.empty:  # an evaluation before the first interval of interaction checkpoints
+                continue
             history.append(stage_boundary(flows, StageRule("cumulative", fraction)))
             recent = history[-(patience + 1):]
             after = [s for s in signals.steps if recent[-1] < s <= step]
@@ -219,9 +214,9 @@ def rule_probe_utility(patience: int):
     return pick
 
 
-def rule_boundary_then_eval_loss(fraction: float, patience: int = 2):
+def rule_boundary_then_eval_loss(fraction: float, patience: int = 2, boundary_patience: int = 1):
     """Never before the (live) end of the denoising stage; from there on, eval-loss early stopping."""
-    live = rule_cumulative_live(fraction)
+    live = rule_cumulative_live(fraction, boundary_patience)
 
     def pick(signals: Signals) -> Decision:
         boundary = live(signals)
@@ -256,7 +251,7 @@ def standard_rules(*, fraction: float = 0.9, rho_threshold: float = 0.3, utility
              f"newly emerged interactions turn cancelling (rho < {rho_threshold})"),
         Rule("probe_utility_patience", "interaction", rule_probe_utility(utility_patience), True,
              f"early stopping (patience {utility_patience}) on the interactions' cross-entropy on eval probes"),
-        Rule("boundary_then_eval_loss", "interaction + eval loss", rule_boundary_then_eval_loss(fraction), True,
+        Rule("boundary_then_eval_loss", "interaction + eval loss", rule_boundary_then_eval_loss(fraction, 2, boundary_patience), True,
              "eval-loss early stopping (patience 2), never before the live end of the denoising stage"),
         Rule("eval_loss_patience_1", "eval loss", rule_eval_loss(1), True,
              "transformers.EarlyStoppingCallback, patience 1, threshold 0, best checkpoint kept"),

@@ -7,7 +7,7 @@ A run folder (``sftscope train``; the target and the baseline of ``sftscope run`
     sftscope.log                                 library logs and warnings (the terminal stays quiet)
     checkpoint-<step>/                           LoRA adapter (safetensors); step 0 = before SFT
     losses.csv                                   train and test loss at every checkpoint
-    DONE                                         written after the last checkpoint
+    DONE                                         written by ``sftscope run`` once training finished
     analysis/probes.json                         probe samples and their frozen players
     analysis/effects/<model>/step-<step>/<sample>.parquet   one finished unit each
     analysis/quality/<model>/step-<step>.json    task quality of a checkpoint on the test split
@@ -24,7 +24,7 @@ layout, never a file it did not write.
 
 Every file is written through a temporary name in the same folder and renamed,
 so a reader never sees half a file and an interrupted writer leaves nothing
-behind but a ``.*.tmp`` that the next locked run removes.
+behind but a ``.*.tmp`` (under ``analysis/`` the next analysis removes it).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -216,7 +217,7 @@ def claim(folder: str | os.PathLike, kind: str) -> Path:
     are never overwritten or removed.
     """
     folder = Path(folder)
-    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+    if not is_rank_zero():
         return folder  # under torchrun/accelerate, rank 0 claims
     if folder.exists() and not folder.is_dir():
         raise SftscopeError(f"{folder} is a file, not a folder: choose another output folder")
@@ -237,6 +238,11 @@ def claim(folder: str | os.PathLike, kind: str) -> Path:
 
 
 # --------------------------------------------------------------------------- writing
+
+
+def is_rank_zero() -> bool:
+    """True outside multi-process training, and on its rank 0 (torchrun and accelerate set RANK, LOCAL_RANK)."""
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def _umask() -> int:
@@ -389,7 +395,9 @@ def load_effects(run_dir: str | os.PathLike, units: list[Path] | None = None) ->
     files = RunFolder(run_dir).units() if units is None else units
     if not files:
         raise SftscopeError(f"{run_dir}: no extracted interactions yet (run sftscope analyze)")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    frames = [pd.read_parquet(f) for f in files]
+    # older units stored a salience flag under the tau of their day; the analysis recomputes salience from effects
+    return pd.concat([f.drop(columns="salient", errors="ignore") for f in frames], ignore_index=True)
 
 
 def write_manifest(run_dir: str | os.PathLike, units: list[Path] | None = None) -> dict:
@@ -418,6 +426,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+LOCK_GRACE_S = 10.0  # an empty lock file younger than this belongs to a process that is writing its pid
+
+
+def _age_seconds(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
 @contextlib.contextmanager
 def run_lock(folder: str | os.PathLike):
     """Hold ``folder/.sftscope.lock`` while working; a stale lock (dead pid) is taken over.
@@ -426,7 +444,7 @@ def run_lock(folder: str | os.PathLike):
     Under ``accelerate launch``/``torchrun`` only rank 0 holds it: the ranks are one run.
     """
     folder = Path(folder)
-    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+    if not is_rank_zero():
         yield
         return
     path = folder / LOCK_NAME
@@ -440,6 +458,8 @@ def run_lock(folder: str | os.PathLike):
             if owner == mine:  # re-entered by ourselves
                 yield
                 return
+            if not owner and _age_seconds(path) < LOCK_GRACE_S:  # just created: its owner is writing its pid
+                raise SftscopeError(f"{folder} is being taken by another sftscope process; wait for it or remove {path}")
             if owner.isdigit() and _alive(int(owner)):
                 raise SftscopeError(
                     f"{folder} is in use by another sftscope process (pid {owner}); wait for it or remove {path}"

@@ -2,14 +2,13 @@
 
 A run folder holds ``checkpoint-<step>/`` (LoRA adapters only, safetensors),
 ``losses.csv`` (train and test loss at every checkpoint, step 0 included) and
-``config.yaml`` (the settings used). Step 0 is the model before any update.
+``sftscope-config.yaml`` (the settings used). Step 0 is the model before any update.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +16,7 @@ from .config import TrainConfig, config_yaml
 from .console import attach_log_file
 from .data import split_pairs, to_conversational, to_plain
 from .errors import SftscopeError
-from .store import RunFolder, claim, run_lock, write_losses, write_text
+from .store import RunFolder, claim, is_rank_zero, run_lock, write_losses, write_text
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ def train(
     claim(out, "run")
     with run_lock(out):
         attach_log_file(folder.log)
-        if _rank_zero():
+        if is_rank_zero():
             folder.clear_training()  # what an earlier training wrote here, and only that
         trainer, steps = build_trainer(config, model=model, tokenizer=tokenizer, callbacks=callbacks,
                                        progress=progress)
@@ -133,8 +132,11 @@ def train(
     return out
 
 
-def _rank_zero() -> bool:
-    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+def total_steps(config: TrainConfig, n_train: int) -> int:
+    """Optimizer steps of a training: ``max_steps``, else the epochs over ``n_train`` examples (last batch partial)."""
+    if config.max_steps > 0:
+        return config.max_steps
+    return math.ceil(n_train * config.epochs / (config.batch_size * config.gradient_accumulation_steps))
 
 
 def build_trainer(
@@ -158,8 +160,7 @@ def build_trainer(
         )
     model.train()
     torch.manual_seed(config.seed)
-    per_step = config.batch_size * config.gradient_accumulation_steps
-    total = config.max_steps if config.max_steps > 0 else math.ceil(len(train_pairs) * config.epochs / per_step)
+    total = total_steps(config, len(train_pairs))
     steps = checkpoint_steps(total, config.checkpoint_every)
     eval_train = train_pairs[: config.eval_train_examples]
     args = SFTConfig(
