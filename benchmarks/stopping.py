@@ -14,7 +14,9 @@ checkpoint the rule keeps, in accuracy points.
 
 Rules with a threshold have it chosen on the seed-0 runs (the tuning half) and
 are reported on the seed-1 runs (the held-out half); the default rule is the
-one with the lowest mean regret on the held-out half.
+one with the lowest mean regret on the held-out half (ties: the lower mean
+compute fraction, then a rule without a tuned threshold). "Kept an earlier
+checkpoint" counts the runs on which a rule did not simply keep the last one.
 
 Runs are cached in ``--cache`` (default ``benchmarks/.stopping-runs``): a
 rerun trains, extracts and scores only what is missing, then recomputes the
@@ -124,10 +126,12 @@ def judge(run_data: dict, rules: dict) -> dict[str, dict]:
         if name == ORACLE:  # the run's own oracle is on the eval split; the benchmark's is on the test split
             continue
         out[name] = {"step": row["step"], "heldout_accuracy": float(heldout[row["step"]]),
-                     "regret": 100 * (best - float(heldout[row["step"]])), "compute_fraction": row["compute_fraction"]}
+                     "regret": 100 * (best - float(heldout[row["step"]])), "compute_fraction": row["compute_fraction"],
+                     "kept_earlier": row["step"] < run_data["signals"].steps[-1]}
     oracle = int(heldout[heldout == best].index.min())
     out["best_test_accuracy (oracle)"] = {"step": oracle, "heldout_accuracy": best, "regret": 0.0,
-                                          "compute_fraction": 1.0}
+                                          "compute_fraction": 1.0,
+                                          "kept_earlier": oracle < run_data["signals"].steps[-1]}
     return out
 
 
@@ -153,15 +157,19 @@ def summarize(runs: list[dict], rules: dict) -> pd.DataFrame:
         regrets = [p[name]["regret"] for p in per_run]
         rows.append({"rule": name, "mean_regret": np.mean(regrets), "worst_regret": np.max(regrets),
                      "mean_compute_fraction": np.mean([p[name]["compute_fraction"] for p in per_run]),
+                     "kept_earlier": sum(p[name]["kept_earlier"] for p in per_run), "tuned": name in GRIDS,
                      "steps": " ".join(str(p[name]["step"]) for p in per_run)})
-    return pd.DataFrame(rows).sort_values(["mean_regret", "mean_compute_fraction"]).reset_index(drop=True)
+    # ties: less training needed first; then a rule without a tuned threshold (same picks, nothing fitted)
+    order = ["mean_regret", "mean_compute_fraction", "tuned"]
+    return pd.DataFrame(rows).sort_values(order, kind="stable").reset_index(drop=True)
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    lines = ["| rule | mean regret (points) | worst regret | mean compute fraction | kept steps |", "|---|---|---|---|---|"]
+    lines = ["| rule | mean regret (points) | worst regret | mean compute fraction | kept an earlier checkpoint | kept steps |",
+             "|---|---|---|---|---|---|"]
     for r in frame.itertuples():
         lines.append(f"| {r.rule} | {r.mean_regret:.1f} | {r.worst_regret:.1f} | {r.mean_compute_fraction:.2f} | "
-                     f"{r.steps} |")
+                     f"{r.kept_earlier} | {r.steps} |")
     return "\n".join(lines)
 
 
@@ -172,6 +180,7 @@ def package_record(runs: list[dict], heldout: list[dict], rules: dict, frame: pd
             "datasets": sorted({r["dataset"] for r in runs}), "heldout_half": [r["name"] for r in heldout],
             "default_rule": report["default_rule"], "chosen_thresholds": report["chosen_thresholds"],
             "heldout_mean_regret": {r.rule: round(float(r.mean_regret), 2) for r in offered.itertuples()},
+            "heldout_kept_earlier": {r.rule: int(r.kept_earlier) for r in offered.itertuples()},
             "kinds": {name: rule.kind for name, rule in rules.items()}}
 
 

@@ -58,17 +58,17 @@ def test_monitor_needs_probes(word_tokenizer):
         InteractionMonitor(word_tokenizer, [])
 
 
-def test_monitor_stops_by_the_default_eval_loss_rule(setup):
+def test_monitor_stops_by_eval_loss_early_stopping(setup):
     import pandas as pd
 
-    from sftscope.stopping import DEFAULT_RULE, patience_pick
+    from sftscope.stopping import patience_pick
 
     config, model, tok = setup
     config.learning_rate = 0.3  # large enough that the eval loss soon stops improving
     config.checkpoint_every = 1  # the trainer evaluates after every step
     config.max_steps = 10
-    monitor = InteractionMonitor(tok, PROBES, steps=range(11), n_players=3, stop_early=True, metric="eval_test_loss")
-    assert monitor.stop_rule == DEFAULT_RULE
+    monitor = InteractionMonitor(tok, PROBES, steps=range(11), n_players=3, stop_early=True, metric="eval_test_loss",
+                                 stop_rule="eval_loss_patience_2")
     trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
     monitor.attach(trainer)
     trainer.train()
@@ -89,14 +89,15 @@ def test_monitor_refuses_to_wait_for_evaluations_that_never_come(setup, caplog):
     from types import SimpleNamespace
 
     config, model, tok = setup
-    monitor = InteractionMonitor(tok, PROBES, steps=[0], n_players=3, stop_early=True)
+    monitor = InteractionMonitor(tok, PROBES, steps=[0], n_players=3, stop_early=True, stop_rule="eval_loss_patience_2")
     trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
     monitor.attach(trainer)
     trainer.eval_dataset = None
     with pytest.raises(SftscopeError, match="has no eval_dataset"):
         trainer.train()
     with caplog.at_level("WARNING", logger="sftscope.monitor"):  # evaluations configured, none reported
-        InteractionMonitor(tok, PROBES, stop_early=True).on_train_end(SimpleNamespace(), None, None)
+        InteractionMonitor(tok, PROBES, stop_early=True, stop_rule="eval_loss_patience_1").on_train_end(
+            SimpleNamespace(), SimpleNamespace(global_step=6), None)
     assert "could not stop it" in caplog.text
     with pytest.raises(SftscopeError, match="cannot decide during training"):
         InteractionMonitor(tok, PROBES, stop_rule="eval_accuracy_patience_2")
@@ -105,7 +106,8 @@ def test_monitor_refuses_to_wait_for_evaluations_that_never_come(setup, caplog):
 def test_monitor_names_a_missing_eval_metric(setup, caplog):
     config, model, tok = setup
     config.checkpoint_every = 1
-    monitor = InteractionMonitor(tok, PROBES, steps=[0], n_players=3, stop_early=True, metric="eval_loss")
+    monitor = InteractionMonitor(tok, PROBES, steps=[0], n_players=3, stop_early=True, metric="eval_loss",
+                                 stop_rule="eval_loss_patience_2")
     trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
     with caplog.at_level("WARNING", logger="sftscope.monitor"):
         trainer.train()
@@ -116,9 +118,22 @@ def test_monitor_names_a_missing_eval_metric(setup, caplog):
 def test_monitor_logs_the_step_it_keeps(setup):
     config, model, tok = setup
     config.learning_rate, config.checkpoint_every, config.max_steps = 0.3, 1, 10
-    monitor = InteractionMonitor(tok, PROBES, steps=[0], n_players=3, stop_early=True, metric="eval_test_loss")
+    monitor = InteractionMonitor(tok, PROBES, steps=[0], n_players=3, stop_early=True, metric="eval_test_loss",
+                                 stop_rule="eval_loss_patience_2")
     trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
     monitor.attach(trainer)
     trainer.train()
     kept = [h["interactions/keep_step"] for h in trainer.state.log_history if "interactions/keep_step" in h]
     assert monitor.keep_step is not None and kept == [float(monitor.keep_step)]
+
+
+def test_the_default_rule_never_stops_and_keeps_the_last_step(setup):
+    from sftscope.stopping import DEFAULT_RULE
+
+    config, model, tok = setup
+    config.checkpoint_every = 1
+    monitor = InteractionMonitor(tok, PROBES, steps=[0, 3, 6], n_players=3, stop_early=True, metric="eval_test_loss")
+    assert monitor.stop_rule == DEFAULT_RULE == "last"
+    trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
+    trainer.train()
+    assert trainer.state.global_step == 6 and monitor.stopped_at is None and monitor.keep_step == 6

@@ -131,7 +131,7 @@ def test_default_rule_is_offered_and_is_the_settings_default():
 
     rules = standard_rules()
     assert set(STOP_RULES) == set(rules)
-    assert DEFAULT_RULE in rules and rules[DEFAULT_RULE].live
+    assert DEFAULT_RULE in rules and rules[DEFAULT_RULE].live and rules["last"].pick(signals()).fired is False
     assert AnalysisSettings().stop_rule == DEFAULT_RULE
     assert not math.isnan(rules["last"].pick(signals()).step)
 
@@ -160,15 +160,21 @@ def test_headline_quotes_the_stopping_benchmark():
     from sftscope.report import benchmark_sentence
 
     record = {"n_runs": 8, "datasets": ["emotions", "tickets"],
-              "heldout_mean_regret": {"eval_loss_patience_2": 1.25, "cumulative": 20.0, "crossover": 35.5},
-              "kinds": {"eval_loss_patience_2": "eval loss", "cumulative": "interaction", "crossover": "interaction"}}
-    text = benchmark_sentence("eval_loss_patience_2", record)
-    assert "8 SFT runs on 2 data sets" in text and "on average 1.2 accuracy points below" in text
-    assert "no interaction-based rule came within 2 points of it (the best, cumulative: 20.0 points)" in text
-    assert "interaction-based rule came" not in benchmark_sentence("cumulative", record)
-    record["heldout_mean_regret"]["cumulative"] = 3.0
-    assert "an interaction-based rule came within 2 points" in benchmark_sentence("eval_loss_patience_2", record)
-    assert benchmark_sentence("last", record) is None and benchmark_sentence("cumulative", None) is None
+              "heldout_mean_regret": {"last": 7.9, "eval_loss_patience_2": 8.8, "emergence_rho": 7.9,
+                                      "probe_utility_patience": 10.4, "crossover": 53.8},
+              "heldout_kept_earlier": {"last": 0, "eval_loss_patience_2": 3, "emergence_rho": 0,
+                                "probe_utility_patience": 3, "crossover": 4},
+              "kinds": {"last": "reference", "eval_loss_patience_2": "eval loss", "emergence_rho": "interaction",
+                        "probe_utility_patience": "interaction", "crossover": "interaction"}}
+    text = benchmark_sentence("last", record)
+    assert "8 SFT runs on 2 data sets" in text and "last kept checkpoints on average 7.9 accuracy points below" in text
+    assert "eval-loss early stopping (patience 2) 8.8" in text
+    # emergence_rho kept the last checkpoint on every run: the best interaction rule that stopped early is named
+    assert "the best interaction-based rule that stopped early, probe_utility_patience, 10.4 (within 2 points" in text
+    record["heldout_mean_regret"]["probe_utility_patience"] = 11.0
+    assert "11.0 (not within 2 points of eval-loss early stopping)" in benchmark_sentence("last", record)
+    assert "patience 2) 8.8" not in benchmark_sentence("eval_loss_patience_2", record)
+    assert benchmark_sentence("cumulative", record) is None and benchmark_sentence("last", None) is None
 
 
 def test_default_rule_is_the_stopping_benchmark_winner():

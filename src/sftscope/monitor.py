@@ -11,10 +11,12 @@ At the scheduled steps the monitor extracts interactions on the probe pairs
 with the in-memory model and logs ``interactions/*`` metrics (removed and
 emerged counts, the stage boundary). It also records the trainer's eval loss
 (``metric``, from ``on_evaluate``). With ``stop_early=True`` it stops training
-when ``stop_rule`` decides (``stopping.py``; default: the rule that won
-``benchmarks/stopping.py``), and ``keep_step`` names the checkpoint that rule
-keeps. Rules on eval loss need the trainer to evaluate (an ``eval_dataset``
-and an evaluation schedule).
+when ``stop_rule`` decides (``stopping.py``), and ``keep_step`` names the
+checkpoint that rule keeps (set at the end of training when it never
+stopped). The default is the rule that won ``benchmarks/stopping.py``: today
+``last``, which never stops training; pass ``stop_rule="eval_loss_patience_2"``
+for eval-loss early stopping. Rules on eval loss need the trainer to evaluate
+(an ``eval_dataset`` and an evaluation schedule).
 
 Multi-process training: only rank 0 extracts; its metrics and stop decision
 are broadcast to every rank (``torch.distributed``), so all ranks log the same
@@ -154,6 +156,14 @@ class InteractionMonitor(TrainerCallback):
             metrics["interactions/keep_step"] = float(decision.step)
         return metrics, stop
 
+    def _final_keep(self, last_step: int) -> int:
+        """What the rule keeps when training ran to the end (``last``: the final step)."""
+        signals = self._signals()
+        needs_flows = self.rules[self.stop_rule].kind.startswith("interaction")
+        if self.stop_rule == "last" or not signals.steps or (needs_flows and signals.flows is None):
+            return last_step
+        return self.rules[self.stop_rule].pick(signals).step
+
     def _act(self, state, control, metrics: dict[str, float], stop: bool) -> None:
         metrics, stop = _from_rank_zero((metrics, stop))
         if metrics and self.trainer is not None:
@@ -190,6 +200,8 @@ class InteractionMonitor(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self.keep_step is None:  # the rule never stopped training
+            self.keep_step = self._final_keep(state.global_step)
         if self.stop_early and self._reads_eval_loss() and not self.eval_loss:
             seen = ", ".join(sorted(self.seen_losses)) or "none"
             log.warning("interaction monitor: no evaluation reported %r during training, so %s could not stop it "

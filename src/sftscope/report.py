@@ -164,19 +164,24 @@ def _pct(value) -> str:
 
 
 def benchmark_sentence(rule: str, record: dict | None) -> str | None:
-    """What the stopping benchmark measured for ``rule``, next to the best interaction-based rule."""
+    """What the stopping benchmark measured for ``rule``, eval-loss early stopping and the interaction rules."""
     if not record or rule not in record["heldout_mean_regret"]:
         return None
-    regrets, kinds = record["heldout_mean_regret"], record["kinds"]
-    interaction = sorted((regrets[n], n) for n in regrets if "interaction" in kinds.get(n, ""))
+    regrets, kinds, earlier = record["heldout_mean_regret"], record["kinds"], record.get("heldout_kept_earlier", {})
     sentence = (f"In sftscope's stopping benchmark ({record['n_runs']} SFT runs on {len(record['datasets'])} data sets, "
                 f"judged on test splits no rule saw; BENCHMARKS.md), {rule} kept checkpoints on average "
                 f"{regrets[rule]:.1f} accuracy points below the best one of each held-out run")
-    if interaction and interaction[0][1] != rule:
+    reference = "eval_loss_patience_2"
+    if rule != reference and reference in regrets:
+        sentence += f"; eval-loss early stopping (patience 2) {regrets[reference]:.1f}"
+    # an interaction rule that kept the last checkpoint on every run is "no early stopping" under another name
+    interaction = sorted((regrets[n], n) for n in regrets if kinds.get(n) == "interaction" and earlier.get(n, 1) > 0)
+    if interaction and interaction[0][1] != rule and reference in regrets:
         best_regret, best_name = interaction[0]
-        close = best_regret - regrets[rule] <= CLEARLY_BETTER * 100
-        sentence += (f"; {'an interaction-based rule came within' if close else 'no interaction-based rule came within'} "
-                     f"{100 * CLEARLY_BETTER:.0f} points of it (the best, {best_name}: {best_regret:.1f} points)")
+        close = best_regret - regrets[reference] <= CLEARLY_BETTER * 100
+        sentence += (f"; the best interaction-based rule that stopped early, {best_name}, {best_regret:.1f} "
+                     f"({'within' if close else 'not within'} {100 * CLEARLY_BETTER:.0f} points of eval-loss "
+                     "early stopping)")
     return sentence + "."
 
 
