@@ -154,6 +154,13 @@ def test_the_report_says_plainly_when_a_later_checkpoint_scored_better():
     assert "keeps test accuracy 25%, 25 points below the recommended checkpoint" in text
     text = " ".join(headline(summary(8, 0.51)))
     assert "No checkpoint scored more than 2 points better" in text and "clearly better" not in text
+    assert "Eval-loss early stopping" not in text  # it is the recommended rule here
+    last = summary(80, 0.75)
+    last["rules"]["recommended"] = {**last["rules"]["recommended"], "step": 80, "accuracy": 0.75}
+    last["recommended_rule"] = "last"
+    last["quality"].append({"step": 80, "accuracy": 0.75, "macro_f1": 0.75})
+    text = " ".join(headline(last))
+    assert "Eval-loss early stopping (patience 2) would keep step 8 at 50%, 25 points below the recommended" in text
 
 
 def test_headline_quotes_the_stopping_benchmark():

@@ -207,6 +207,13 @@ def headline(summary: dict, benchmark: dict | None = None) -> list[str]:
         elif best:
             lines.append(f"No checkpoint scored more than {100 * CLEARLY_BETTER:.0f} points better "
                          f"(the best: step {best['step']}, {_pct(best['accuracy'])}).")
+        early = rules.get("eval_loss_patience_2")
+        if name != "eval_loss_patience_2" and early and early.get("accuracy") is not None:
+            gap = 100 * (rec["accuracy"] - early["accuracy"])
+            verdict = (f"{abs(gap):.0f} points {'below' if gap > 0 else 'above'} the recommended checkpoint"
+                       if abs(gap) > 100 * CLEARLY_BETTER else "within 2 points of the recommended checkpoint")
+            lines.append(f"Eval-loss early stopping (patience 2) would keep step {early['step']} at "
+                         f"{_pct(early['accuracy'])}, {verdict}.")
     elif rec.get("test_loss") is not None:
         lines.append(f"At that step the test loss is {rec['test_loss']:.3f} (open-ended responses: no accuracy).")
     boundary = summary["stage_boundary_step"]
