@@ -158,9 +158,11 @@ class InteractionMonitor(TrainerCallback):
 
     def _final_keep(self, last_step: int) -> int:
         """What the rule keeps when training ran to the end (``last``: the final step)."""
+        if self.stop_rule == "last":
+            return last_step
         signals = self._signals()
         needs_flows = self.rules[self.stop_rule].kind.startswith("interaction")
-        if self.stop_rule == "last" or not signals.steps or (needs_flows and signals.flows is None):
+        if not signals.steps or (needs_flows and signals.flows is None):
             return last_step
         return self.rules[self.stop_rule].pick(signals).step
 

@@ -211,7 +211,8 @@ def headline(summary: dict, benchmark: dict | None = None) -> list[str]:
         if name != "eval_loss_patience_2" and early and early.get("accuracy") is not None:
             gap = 100 * (rec["accuracy"] - early["accuracy"])
             verdict = (f"{abs(gap):.0f} points {'below' if gap > 0 else 'above'} the recommended checkpoint"
-                       if abs(gap) > 100 * CLEARLY_BETTER else "within 2 points of the recommended checkpoint")
+                       if abs(gap) > 100 * CLEARLY_BETTER
+                       else f"within {100 * CLEARLY_BETTER:.0f} points of the recommended checkpoint")
             lines.append(f"Eval-loss early stopping (patience 2) would keep step {early['step']} at "
                          f"{_pct(early['accuracy'])}, {verdict}.")
     elif rec.get("test_loss") is not None:
