@@ -27,7 +27,7 @@ def test_concurrent_use_is_refused(tmp_path):
         holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
         try:
             (tmp_path / LOCK_NAME).write_text(str(holder.pid))  # pretend another live process holds it
-            with pytest.raises(SftscopeError, match=f"in use by another sftscope process \\(pid {holder.pid}\\)"):
+            with pytest.raises(SftscopeError, match=f"in use by another sftscope process \\(pid {holder.pid}[:)]"):
                 with run_lock(tmp_path):
                     pass
         finally:
@@ -42,7 +42,24 @@ def test_stale_lock_is_taken_over(tmp_path):
     dead.wait()
     (tmp_path / LOCK_NAME).write_text(str(dead.pid))
     with run_lock(tmp_path):
-        assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
+        assert (tmp_path / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+
+
+def test_a_lock_naming_another_live_process_is_taken_over(tmp_path):
+    """A pid reused by a process that is not sftscope (pid 1 in a container, say) does not hold the lock."""
+    import shutil
+
+    other = subprocess.Popen([shutil.which("sleep"), "30"])  # alive, and not sftscope
+    python = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for content in (str(other.pid), f"{python.pid} 1"):  # a bare pid; a pid whose start time is not the holder's
+            (tmp_path / LOCK_NAME).write_text(content)
+            with run_lock(tmp_path):
+                assert (tmp_path / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+    finally:
+        for proc in (other, python):
+            proc.kill()
+            proc.wait()
 
 
 def test_a_lock_being_taken_is_not_stolen(tmp_path):
@@ -54,7 +71,7 @@ def test_a_lock_being_taken_is_not_stolen(tmp_path):
     old = time.time() - 60
     os.utime(tmp_path / LOCK_NAME, (old, old))  # an empty lock left by a process killed in that gap
     with run_lock(tmp_path):
-        assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
+        assert (tmp_path / LOCK_NAME).read_text().split()[0] == str(os.getpid())
 
 
 def test_killed_at_random_points_then_resumed_gives_the_clean_rows(tiny_run, tmp_path):

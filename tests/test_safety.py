@@ -127,7 +127,77 @@ def analyze_not_a_run(tmp, setup):
     return ["analyze", str(tmp)], tmp
 
 
+def yaml_case(text):
+    def build(tmp, setup):
+        return ["train", str(write_yaml(tmp / "c.yaml", text))], tmp / "never"
+    return build
+
+
+def alias_bomb(tmp, setup):
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]"
+                                                     for i in range(8)]
+    return ["train", str(write_yaml(tmp / "c.yaml", "\n".join(lines) + "\n"))], tmp / "never"
+
+
+def device_zero_data(tmp, setup):
+    link = tmp / "d.jsonl"
+    link.symlink_to("/dev/zero")
+    out = tmp / "out"
+    return ["train", str(write_yaml(tmp / "c.yaml", train_raw(setup, output_dir=str(out), data={"train": str(link)})))], out
+
+
+def pickled_model(tmp, setup):
+    model = tmp / "bin-model"
+    model.mkdir()
+    (model / "config.json").write_text((setup[1] / "config.json").read_text())
+    (model / "pytorch_model.bin").write_bytes(b"not loaded")
+    out = tmp / "out"
+    return ["train", str(write_yaml(tmp / "c.yaml", train_raw(setup, output_dir=str(out), model=str(model))))], out
+
+
+def extract_device_case(device):
+    def build(tmp, setup):
+        return ["extract", "--model", str(setup[1]), "--prompt", "we won the game today", "--response", "joy",
+                "--players", "2", "--device", device], tmp / "never"
+    return build
+
+
+def data_rows_case(rows, **overrides):
+    def build(tmp, setup):
+        data = tmp / "rows.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        out = tmp / "out"
+        raw = {"output_dir": str(out), "baseline": None, "analysis": {"n_players": 2, "samples_per_split": 1,
+                                                                      "allow_fewer": True},
+               "train": train_raw(setup, data={"train": str(data)}, **overrides)}
+        return ["run", str(write_yaml(tmp / "c.yaml", raw))], out
+    return build
+
+
+def path_typo_case(tmp, setup):
+    (tmp / "data").mkdir()
+    out = tmp / "out"
+    return ["train", str(write_yaml(tmp / "c.yaml", train_raw(setup, output_dir=str(out), data={"train": "data/small"})))], out
+
+
+def analyze_job_folder(tmp, setup):
+    from sftscope.store import write_json
+
+    job = tmp / "job"
+    (job / "target").mkdir(parents=True)
+    write_json(job / "sftscope-run.json", {"tool": "sftscope", "kind": "job"})
+    write_json(job / "target" / "sftscope-run.json", {"tool": "sftscope", "kind": "run"})
+    return ["analyze", str(job)], job
+
+
+def huge_value_case(tmp, setup):
+    out = tmp / "out"  # a value just under the file limit, echoed by the error about it
+    return ["train", str(write_yaml(tmp / "c.yaml", train_raw(setup, output_dir=str(out), model="x" * 900_000)))], out
+
+
 GOOD_LINE = b'{"prompt": "classify emotion : we won the game today so", "completion": "joy"}\n'
+WORDY = [{"prompt": "classify emotion : we won the game today so very", "completion": "joy"},
+         {"prompt": "classify emotion : my flight got cancelled again so", "completion": "anger"}] * 2
 CASES = [
     ("output folder holds user files", case_run_into_user_folder, "already holds files sftscope did not write"),
     ("train into a folder with the user's config", case_train_into_cwd_with_config, "already holds files"),
@@ -165,6 +235,37 @@ CASES = [
     ("unknown scheduler", train_case(lr_scheduler="bogus"), "lr_scheduler: must be one of"),
     ("multi_label maybe", train_case(data={"multi_label": "maybe"}), "multi_label: must be skip, first or join"),
     ("analyze a folder that is no run", analyze_not_a_run, "is not an sftscope run folder"),
+    # the hostile trial of issue 24: bombs, values that fail late, misleading answers
+    ("YAML alias bomb", alias_bomb, "expands to more than 100,000 values through YAML aliases"),
+    ("data file linked to /dev/zero", device_zero_data, "not a regular file"),
+    ("template width bomb", train_case(data={"template": "{prompt:>999999999999}", "response_column": "completion"}),
+     "asks for a width over 1000 characters"),
+    ("seed -1", train_case(seed=-1), "seed: must be in 0 .. 2^32 - 1"),
+    ("epochs .inf", yaml_case("epochs: .inf\n"), "epochs: must be a finite number"),
+    ("learning_rate .inf", yaml_case("learning_rate: .inf\n"), "learning_rate: must be a finite number"),
+    ("LoRA target bogus", train_case(lora={"target_modules": "bogus"}), "lora.target_modules 'bogus' matches no module"),
+    ("LoRA targets [bogus]", train_case(lora={"target_modules": ["bogus"]}), "'bogus' not in the model"),
+    ("report_to wandb, not installed", train_case(report_to=["wandb"]), "wandb is not installed"),
+    ("report_to bogus", train_case(report_to=["bogus"]), "unknown tracker 'bogus'"),
+    ("extract on cuda without CUDA", extract_device_case("cuda"), "CUDA is not available"),
+    ("extract on a bogus device", extract_device_case("bogus"), "unknown device 'bogus'"),
+    ("every prompt over max_length", train_case(max_length=8), "tokens long, over max_length 8"),
+    ("one prompt over max_length", data_case(GOOD_LINE * 3 + b'{"prompt": "classify emotion : ' + b"so " * 80 + b'", '
+                                              b'"completion": "joy"}\n'), "over max_length 64 (1 of"),
+    ("data.labels missing a label", run_case(data={"labels": ["joy"]}), "response 'anger' is not in data.labels"),
+    ("data.labels empty", run_case(data={"labels": []}), "data.labels: must list the labels"),
+    ("punctuation-only prompts with allow_fewer", data_rows_case([{"prompt": "?! ...", "completion": "joy"},
+                                                                  {"prompt": "!!", "completion": "anger"}] * 2),
+     "has no usable word"),
+    ("model folder with pytorch_model.bin only", pickled_model, "no *.safetensors weights (it has pytorch_model.bin"),
+    ("a path typo without extension", path_typo_case, "data file not found"),
+    ("a key given twice", yaml_case("batch_size: 2\nbatch_size: 4\n"), "key 'batch_size' is given twice"),
+    ("test_ratio 0.99", train_case(data={"test_ratio": 0.99}), "test_ratio 0.99 puts 4 of its 4 examples in the test"),
+    ("output_dir: ~ (null)", raw_config_case("output_dir: ~\n"), "a bare ~ means null"),
+    ("a huge value is not echoed whole", huge_value_case, "characters cut"),
+    ("a 10 MB config file", yaml_case("a: " + "x" * 10_000_000 + "\n"), "a settings file is at most 1,000,000"),
+    ("a JSON array in a .json file", data_case(b'[{"prompt": "a b c", "completion": "joy"}]\n'), "one JSON object per line"),
+    ("analyze a job folder", analyze_job_folder, "analyze its run folder"),
 ]
 
 
@@ -178,6 +279,7 @@ def test_every_fault_is_one_line_and_exit_2_before_training(name, build, fragmen
     status, err = run_cli(args, capsys, cwd=tmp_path)
     assert status == 2, err
     assert len(err) == 1 and err[0].startswith("sftscope: error: ") and fragment in err[0], err
+    assert len(err[0]) < 2000  # a user's value is cut, never echoed whole
     assert not list(untouched.rglob("checkpoint-*")) if untouched.exists() else True  # nothing was trained
     assert time.perf_counter() - started < 30
 
@@ -302,7 +404,7 @@ def test_a_finished_training_is_not_reused_under_other_settings(setup, tmp_path,
     weights = (out / "target" / "checkpoint-2" / "adapter_model.safetensors").read_bytes()
     changed = write_yaml(tmp_path / "lr.yaml", {**raw, "train": train_raw(setup, learning_rate=3e-4, report_to=["none"])})
     status, err = run_cli(["run", str(changed)], capsys)
-    assert status == 2 and "was trained with other settings (learning_rate differ)" in err[0], err
+    assert status == 2 and "holds a training with other settings (learning_rate differ)" in err[0], err
     assert (out / "target" / "checkpoint-2" / "adapter_model.safetensors").read_bytes() == weights
     said = []
     run(run_config_from_dict(raw), say=said.append)  # the same settings: reused
@@ -330,3 +432,125 @@ def test_no_solver_banner_on_stdout(capfd):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "HiGHS" not in done.stdout and "Copyright" not in done.stdout
     assert and_or_interactions(np.arange(16.0)).matching_error < 1e-9
+
+
+# --------------------------------------------------------------------------- files sftscope did not write (issue 24)
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _user_folder(tmp):
+    mine = tmp / "my-model"
+    mine.mkdir()
+    for name in ("vocab.json", "merges.txt", "README.md", "tokenizer.json", "generation_config.json"):
+        (mine / name).write_text(f"the user's {name}")
+    return mine
+
+
+@pytest.fixture
+def finished(setup, tmp_path, capsys):
+    """A finished `sftscope train` run folder."""
+    out = tmp_path / "finished"
+    config = write_yaml(tmp_path / "first.yaml", train_raw(setup, output_dir=str(out)))
+    assert run_cli(["train", str(config), "--quiet"], capsys)[0] == 0
+    return out
+
+
+def test_a_tilde_means_the_home_folder_everywhere(setup, tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home"
+    (home / "runs" / "busy").mkdir(parents=True)
+    (home / "runs" / "busy" / "notes.txt").write_text("mine")
+    monkeypatch.setenv("HOME", str(home))
+    config = write_yaml(tmp_path / "c.yaml", train_raw(setup, output_dir="~/runs/x"))
+    assert run_cli(["train", str(config), "--quiet"], capsys, cwd=tmp_path)[0] == 0
+    assert (home / "runs" / "x" / "checkpoint-2" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "~").exists()
+    # a tilde that names a folder holding the user's files is refused like any other such folder
+    status, err = run_cli(["train", str(config), "--quiet", "--output-dir", "~/runs/busy"], capsys, cwd=tmp_path)
+    assert status == 2 and "already holds files sftscope did not write (notes.txt)" in err[0], err
+    assert (home / "runs" / "busy" / "notes.txt").read_text() == "mine"
+    status, err = run_cli(["extract", "--model", str(setup[1]), "--prompt",
+                           "we won the game today", "--response", "joy", "--players", "2", "--out", "~/r.parquet",
+                           "--quiet"], capsys, cwd=tmp_path)
+    assert status == 0 and (home / "r.parquet").exists() and not (tmp_path / "~").exists(), err
+
+
+@pytest.mark.parametrize("where", ["train: checkpoint-2", "run: target/checkpoint-2", "run: target", "analyze: analysis"])
+def test_a_link_in_the_layout_is_refused_and_what_it_points_to_is_untouched(where, setup, tmp_path, capsys):
+    command, name = where.split(": ")
+    out = tmp_path / "out"
+    raw = train_raw(setup, output_dir=str(out))
+    if command == "train":
+        config = write_yaml(tmp_path / "c.yaml", raw)
+        args = ["train", str(config), "--quiet"]
+        root = out
+    else:
+        config = write_yaml(tmp_path / "c.yaml", {"output_dir": str(out), "train": raw, "baseline": None,
+                                                  "analysis": {"n_players": 3, "samples_per_split": 1}})
+        args = ["run", str(config), "--quiet"]
+        root = out
+    assert run_cli(args, capsys)[0] == 0  # a finished job; then a link appears where sftscope writes
+    if command == "analyze":
+        args = ["analyze", str(out / "target"), "--samples", "1", "--players", "3", "--quiet"]
+        root = out / "target"
+    mine = _user_folder(tmp_path)
+    before = _snapshot(mine)
+    place = root / name
+    if place.exists():
+        shutil.rmtree(place)
+    place.symlink_to(mine, target_is_directory=True)
+    if (root / "target" / "DONE").exists():
+        (root / "target" / "DONE").unlink()  # an unfinished training: a retrain would write into the link
+    if (root / "DONE").exists():
+        (root / "DONE").unlink()
+    status, err = run_cli(args, capsys)
+    assert status == 2 and "is a link to" in err[0] and "does not write through links" in err[0], err
+    assert _snapshot(mine) == before
+
+
+def test_train_never_replaces_a_finished_run_of_other_settings(finished, setup, tmp_path, capsys):
+    before = _snapshot(finished)
+    other = write_yaml(tmp_path / "other.yaml", train_raw(setup, learning_rate=3e-4, seed=3))
+    status, err = run_cli(["train", str(other), "--output-dir", str(finished), "--quiet"], capsys)
+    assert status == 2 and "holds a training with other settings (learning_rate, seed differ)" in err[0], err
+    assert _snapshot(finished) == before
+    # the same settings again: nothing to do, nothing rewritten
+    same = write_yaml(tmp_path / "same.yaml", train_raw(setup, output_dir=str(finished)))
+    assert run_cli(["train", str(same), "--quiet"], capsys)[0] == 0
+    assert _snapshot(finished) == before
+
+
+@pytest.mark.parametrize("kind", ["a user's file", "a folder", "a link"])
+def test_extract_out_never_replaces_what_is_not_its_own(kind, setup, tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    if kind == "a user's file":
+        target.write_text("my notes")
+    elif kind == "a folder":
+        target.mkdir()
+    else:
+        (tmp_path / "real.txt").write_text("my notes")
+        target.symlink_to(tmp_path / "real.txt")
+    args = ["extract", "--model", str(setup[1]), "--prompt", "we won the game today", "--response", "joy",
+            "--players", "2", "--out", str(target), "--quiet"]
+    started = time.perf_counter()
+    status, err = run_cli(args, capsys)
+    assert status == 2 and len(err) == 1 and err[0].startswith("sftscope: error: --out"), err  # before any work
+    assert time.perf_counter() - started < 30
+    assert (tmp_path / "real.txt" if kind == "a link" else target).exists()
+    if kind != "a folder":
+        assert (tmp_path / "real.txt" if kind == "a link" else target).read_text() == "my notes"
+    # its own earlier result may be replaced
+    ours = tmp_path / "ours.parquet"
+    args[-2] = str(ours)
+    assert run_cli(args, capsys)[0] == 0 and run_cli(args, capsys)[0] == 0
+
+
+def test_checkpoint_files_get_the_users_umask(finished):
+    import stat
+
+    from sftscope.store import UMASK
+
+    files = [p for p in finished.glob("checkpoint-*/*") if p.is_file()]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~UMASK for p in files)

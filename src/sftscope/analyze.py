@@ -19,7 +19,7 @@ from .errors import SftscopeError
 from .jobs import ModelWork, QualityTask, current_units, extract_run
 from .probes import check_probe_words, choose_probes, load_probes, probe_inputs, save_probes, stored_probe_inputs
 from .quality import MAX_LABELS, label_set
-from .store import MARKER, RunFolder, changed_keys, remove_leftovers, run_lock
+from .store import MARKER, JobFolder, RunFolder, changed_keys, refuse_links, remove_leftovers, run_lock
 from .summary import summarize_run
 
 
@@ -44,9 +44,14 @@ def analyze(
     from .models import load_model_and_tokenizer  # noqa: PLC0415 - torch only when working
 
     settings = settings or AnalysisSettings()
-    folder = RunFolder(Path(run_dir).resolve())
+    folder = RunFolder(Path(run_dir).expanduser().resolve())
     if not folder.is_run():
+        if JobFolder(folder.root).target.is_run():
+            raise SftscopeError(f"{run_dir} is the folder of a whole job (sftscope run): analyze its run folder "
+                                f"{Path(run_dir) / 'target'} (with --baseline-run {Path(run_dir) / 'baseline'}), or "
+                                "run the job again")
         raise SftscopeError(f"{run_dir} is not an sftscope run folder (no {MARKER}): train into it first")
+    refuse_links(folder.root)
     config = load_trained_config(folder.config)
     train, test = split_pairs(config.data)
     check_probe_words(train, test, settings)  # before any model is loaded

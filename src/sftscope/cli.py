@@ -17,9 +17,12 @@ def _extract(args: argparse.Namespace) -> int:
     check_players(args.players, "--players")  # before loading anything
     if not args.prompt.strip():
         raise SftscopeError("--prompt is empty: nothing to explain")
+    if args.out:
+        args.out = _result_path(args.out)
     model, tokenizer = load_model_and_tokenizer(
         args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
     )
+    print(extraction_cost(model, tokenizer, args), file=sys.stderr)
     result = extract_interactions(
         model,
         tokenizer,
@@ -33,6 +36,7 @@ def _extract(args: argparse.Namespace) -> int:
         noise_bound=args.noise_bound,
         tau=args.tau,
         engine=args.engine,
+        progress=None if args.quiet else _progress(),
     )
     if args.out:
         result.to_parquet(args.out)
@@ -46,6 +50,50 @@ def _extract(args: argparse.Namespace) -> int:
     if args.out:
         print(f"all effects written to {args.out}")
     return 0
+
+
+def extraction_cost(model, tokenizer, args) -> str:
+    """What ``extract`` is about to compute, in forward passes of the rendered prompt (said before the work)."""
+    from .data import nfc  # noqa: PLC0415
+    from .extract import check_context  # noqa: PLC0415
+    from .players import tokenize_prompt  # noqa: PLC0415
+
+    rendered = tokenize_prompt(tokenizer, nfc(args.prompt))
+    tokens, candidates = len(rendered.input_ids), len(rendered.candidates)
+    check_context(model, tokens)
+    n = min(args.players, candidates) if args.allow_fewer else args.players
+    selection = (f"choosing {n} of {candidates} candidate words by ablation: {candidates + 1:,} forward passes"
+                 if args.selection == "ablation" else f"choosing {n} of {candidates} candidate words ({args.selection})")
+    hint = ("; --selection first skips the ablation" if args.selection == "ablation" and candidates > 200 else "")
+    return (f"sftscope: prompt of {len(rendered.words)} words, {tokens:,} tokens; {selection}, then {2 ** n:,} masked "
+            f"prompts{hint}")
+
+
+def _result_path(out: str) -> str:
+    """Where ``extract --out`` may write: a new file, or an earlier result of sftscope's (never a user's file)."""
+    import os  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    path = Path(os.path.expanduser(out))
+    if path.is_dir():
+        raise SftscopeError(f"--out {path} is a folder: name a file, e.g. {path / 'interactions.parquet'}")
+    if path.is_symlink() or (path.exists() and not _is_our_result(path)):
+        raise SftscopeError(f"--out {path} already exists and is not an sftscope result: choose another name "
+                            "(sftscope never overwrites your files)")
+    if not path.parent.exists():
+        raise SftscopeError(f"--out {path}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise SftscopeError(f"--out {path}: the folder {path.parent} is not writable")
+    return str(path)
+
+
+def _is_our_result(path) -> bool:
+    from .interactions import read_metadata  # noqa: PLC0415
+
+    try:
+        return bool(read_metadata(path))
+    except Exception:  # noqa: BLE001 - anything that is not our Parquet file is not ours
+        return False
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -133,12 +181,36 @@ def _progress():
 def _ray_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                         help="fan extraction out over Ray: 'auto' (running cluster), 'local', or an address")
-    parser.add_argument("--samples-per-job", type=int, help="samples per Ray job (default: a checkpoint's all)")
-    parser.add_argument("--gpus-per-job", type=float, default=0)
+    parser.add_argument("--samples-per-job", type=positive, help="samples per Ray job (default: a checkpoint's all)")
+    parser.add_argument("--gpus-per-job", type=non_negative, default=0)
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(prog="sftscope", description="AND-OR interactions of LLMs along SFT.")
+    parser.add_argument("--version", action="version", version=f"sftscope {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (info level)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     ex.add_argument("--device", default="cpu")
     ex.add_argument("--trust-remote-code", action="store_true", help="run model code from the hub (off by default)")
-    ex.add_argument("--top", type=int, default=15, help="rows of the printed table")
-    ex.add_argument("--out", help="write every effect to this Parquet file")
+    ex.add_argument("--top", type=positive, default=15, help="rows of the printed table")
+    ex.add_argument("--out", help="write every effect to this Parquet file (a new file, or an earlier result)")
+    ex.add_argument("--quiet", action="store_true", help="no progress bars")
     ex.set_defaults(func=_extract)
 
     tr = sub.add_parser("train", help="LoRA SFT with checkpoints dense early (TRL + PEFT)")
@@ -173,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--baseline-run", help="run folder of a model of another architecture, same data")
     an.add_argument("--baseline-step", type=int, help="baseline checkpoint (default: its last)")
     defaults = AnalysisSettings()
-    an.add_argument("--samples", type=int, default=defaults.samples_per_split,
+    an.add_argument("--samples", type=positive, default=defaults.samples_per_split,
                     help=f"probe samples per split (default {defaults.samples_per_split})")
     an.add_argument("--players", type=int, default=defaults.n_players,
                     help=f"words per prompt (default {defaults.n_players})")
@@ -205,9 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PATH_OPTIONS = ("config", "output_dir", "out", "run_dir", "baseline_run", "model")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os  # noqa: PLC0415
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name in PATH_OPTIONS:  # "~/runs/x" means what a shell (and transformers) would make of it
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, os.path.expanduser(getattr(args, name)))
     from .console import closing_note, route_output  # noqa: PLC0415
 
     route_output(verbose=args.verbose, debug=args.debug)
@@ -220,18 +301,30 @@ def main(argv: list[str] | None = None) -> int:
     except SftscopeError as exc:
         if args.debug:
             raise
-        print(f"sftscope: error: {exc}", file=sys.stderr)
+        print(f"sftscope: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # the platform: permissions, a full disk, a file-size limit
         if args.debug:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"sftscope: error: {where}{exc.strerror or exc} (finished work is kept; fix this and run again)",
-              file=sys.stderr)
+        print(f"sftscope: error: {one_line(f'{where}{exc.strerror or exc}')} (finished work is kept; fix this and "
+              "run again)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sftscope: interrupted; finished work is kept", file=sys.stderr)
         return 130
+
+
+MAX_ERROR_CHARS = 600
+
+
+def one_line(message: str) -> str:
+    """An error as one line of bounded length: a huge value (a 10 MB key, say) is cut, never echoed whole."""
+    message = message.replace("\r", " ").replace("\n", "\\n")
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    cut = len(message) - MAX_ERROR_CHARS
+    return f"{message[: MAX_ERROR_CHARS // 2]} [... {cut:,} characters cut ...] {message[-MAX_ERROR_CHARS // 2:]}"
 
 
 if __name__ == "__main__":

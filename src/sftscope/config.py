@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,7 @@ class AnalysisSettings:
     batch_samples: int = 1  # samples sharing each forward pass of the prefix engine: 4-8 on a GPU, 1 on CPU
     stop_rule: str = "last"  # the recommended checkpoint's rule (stopping.DEFAULT_RULE: the benchmark's winner)
     dtype: str = "float32"  # of the model during extraction and scoring; bfloat16 halves memory on a GPU
+    threads: int = 2  # CPU threads of every extraction and scoring job, serial or on Ray (one count: identical rows)
 
 
 @dataclass
@@ -133,6 +136,8 @@ def build(cls, raw: dict[str, Any], where: str):
             values[name] = build(type(default), value, key)
         else:
             values[name] = _check_type(value, fields[name].type, key)
+            if name in PATH_KEYS:
+                values[name] = expand_user(values[name])
     instance = cls(**values)
     check(instance, where)
     return instance
@@ -152,14 +157,29 @@ def _check_type(value, annotation: str, key: str):
         if isinstance(value, types):
             if option == "list[str]" and not all(isinstance(v, str) for v in value):
                 continue
+            if option in ("float", "int") and not math.isfinite(value):
+                raise SftscopeError(f"{key}: must be a finite number, got {value!r}")
             return float(value) if option == "float" else value
     expected = " or ".join("null" if o == "None" else "a list of strings" if o == "list[str]" else o for o in options)
+    if value is None and key.rsplit(".", 1)[-1] in PATH_KEYS:
+        raise SftscopeError(f"{key}: expected {expected}, got null (in YAML a bare ~ means null: quote it, "
+                            "'~/runs/x', to mean your home folder)")
     raise SftscopeError(f"{key}: expected {expected}, got {type(value).__name__} ({_short(value)})")
 
 
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+PATH_KEYS = ("output_dir", "train", "test", "validation", "label_names", "model", "general_prompts")
+
+
+def expand_user(value):
+    """``~`` and ``~user`` at the start of a path, as a shell (and transformers) would expand them."""
+    if isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    return value
 
 
 # --------------------------------------------------------------------------- values
@@ -172,6 +192,29 @@ DTYPES = ("float32", "bfloat16", "float16")
 STOP_RULES = ("cumulative", "crossover", "cumulative_live", "emergence_rho", "probe_utility_patience",
               "boundary_then_eval_loss", "eval_loss_patience_1", "eval_loss_patience_2", "eval_accuracy_patience_2",
               "last")  # stopping.standard_rules (a test keeps the two lists equal)
+
+
+# transformers' report_to integrations and the package each needs (tests keep the names equal to transformers')
+REPORT_TO = {"azure_ml": ("azureml",), "comet_ml": ("comet_ml",), "mlflow": ("mlflow",), "neptune": ("neptune",),
+             "tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",),
+             "codecarbon": ("codecarbon",), "clearml": ("clearml",), "dagshub": ("dagshub",), "flyte": ("flytekit",),
+             "dvclive": ("dvclive",), "swanlab": ("swanlab",), "kubeflow": ("kubeflow",)}
+
+
+def check_report_to(names: list[str], key: str, *, installed: bool = False) -> None:
+    """Every tracker is one transformers knows (when the file is read) and, with ``installed``, whose package is
+    installed here (before a training starts; a config can be checked or dry-run on a machine without it)."""
+    import importlib.util  # noqa: PLC0415
+
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in REPORT_TO:
+            raise SftscopeError(f"{key}: unknown tracker {_short(name)} (transformers knows: "
+                                f"{', '.join(REPORT_TO)}, none, all)")
+        if installed and not any(importlib.util.find_spec(module) for module in REPORT_TO[name]):
+            raise SftscopeError(f"{key}: {name} is not installed (pip install {REPORT_TO[name][0]}), "
+                                "or remove it from report_to")
 
 
 def players_cost(n: int) -> str:
@@ -208,6 +251,11 @@ def check(settings, where: str) -> None:
         need(0 <= settings.dropout < 1, "dropout", "must be in [0, 1)")
     elif isinstance(settings, DataSettings):
         need(0 < settings.test_ratio < 1, "test_ratio", "must be in (0, 1)")
+        need(settings.seed >= 0, "seed", "must be 0 or more")
+        need(settings.labels is None or len(settings.labels) > 0, "labels", "must list the labels (or be null: the "
+             "distinct responses)")
+        need(settings.labels is None or all(label.strip() for label in settings.labels), "labels",
+             "must not hold an empty label")
         for key in ("max_train_examples", "max_test_examples"):
             need(getattr(settings, key) is None or getattr(settings, key) >= 1, key, "must be at least 1 (or null: all)")
         need(settings.template is None or bool(settings.template.strip()), "template", "must not be empty")
@@ -217,6 +265,7 @@ def check(settings, where: str) -> None:
             need(not isinstance(value, int) or value >= 0, key, "a column position must be 0 or more")
     elif isinstance(settings, TrainConfig):
         need(settings.learning_rate > 0, "learning_rate", "must be positive")
+        need(0 <= settings.seed < 2**32, "seed", "must be in 0 .. 2^32 - 1 (what torch and numpy accept)")
         need(0 <= settings.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         need(settings.lr_scheduler in SCHEDULERS, "lr_scheduler", f"must be one of {', '.join(SCHEDULERS)}")
         need(settings.batch_size >= 1, "batch_size", "must be at least 1")
@@ -229,8 +278,10 @@ def check(settings, where: str) -> None:
         need(settings.max_length >= 8, "max_length", "must be at least 8 tokens")
         need(settings.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         need(bool(settings.model), "model", "must name a model")
+        check_report_to(settings.report_to, f"{where}.report_to")
     elif isinstance(settings, AnalysisSettings):
         need(settings.samples_per_split >= 1, "samples_per_split", "must be at least 1")
+        need(settings.seed >= 0, "seed", "must be 0 or more")
         check_players(settings.n_players, f"{where}.n_players")
         need(0 < settings.tau <= 1, "tau", "must be in (0, 1]")
         need(settings.salience in ("relative", "initial"), "salience", "must be relative or initial")
@@ -242,6 +293,7 @@ def check(settings, where: str) -> None:
         need(0 < settings.short_stage <= 1, "short_stage", "must be in (0, 1]")
         need(settings.baseline_step is None or settings.baseline_step >= 0, "baseline_step", "must be a step (>= 0)")
         need(settings.batch_samples >= 1, "batch_samples", "must be at least 1")
+        need(1 <= settings.threads <= 1024, "threads", "must be at least 1")
         need(settings.stop_rule in STOP_RULES, "stop_rule", f"must be one of {', '.join(STOP_RULES)}")
         need(settings.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
 
@@ -264,9 +316,7 @@ def run_config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfi
         raise SftscopeError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
     config = RunConfig()
     if "output_dir" in raw:
-        if not isinstance(raw["output_dir"], str):
-            raise SftscopeError(f"{where}.output_dir: expected str")
-        config.output_dir = raw["output_dir"]
+        config.output_dir = expand_user(_check_type(raw["output_dir"], "str", f"{where}.output_dir"))
     if "train" in raw:
         config.train = build(TrainConfig, raw["train"], f"{where}.train")
     if "baseline" in raw:
@@ -296,17 +346,96 @@ def baseline_config(config: RunConfig) -> TrainConfig:
 # --------------------------------------------------------------------------- files
 
 
+MAX_CONFIG_BYTES = 1_000_000  # a settings file is small; a larger one is a mistake (or an attack)
+MAX_CONFIG_NODES = 100_000  # values after YAML aliases are expanded ("billion laughs" stops here)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``1e-4`` as a number (YAML 1.2, as TRL and transformers users write it),
+    refuses a key given twice, and refuses alias expansions that would blow up memory."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ConfigLoader.add_implicit_resolver(  # 1e-4, 3E5, -2.5e+3: floats without a dot
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _check_size(node, where: str) -> None:
+    """Count the values a document expands to (an alias counts as often as it is used)."""
+    sizes: dict[int, int] = {}
+
+    def size(item) -> int:
+        key = id(item)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = 1  # a recursive alias counts once: it cannot be built as plain data anyway
+        if isinstance(item, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in item.value)
+        elif isinstance(item, yaml.SequenceNode):
+            total = 1 + sum(size(v) for v in item.value)
+        else:
+            total = 1
+        sizes[key] = min(total, MAX_CONFIG_NODES + 1)
+        return sizes[key]
+
+    if node is not None and size(node) > MAX_CONFIG_NODES:
+        raise SftscopeError(f"{where}: expands to more than {MAX_CONFIG_NODES:,} values through YAML aliases; "
+                            "a settings file needs far fewer (is it a YAML alias bomb?)")
+
+
+def _check_duplicates(node, where: str) -> None:
+    """A key given twice in one mapping is refused: YAML would keep the later value without a word."""
+    seen_nodes: set[int] = set()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen_nodes:
+            continue
+        seen_nodes.add(id(item))
+        if isinstance(item, yaml.MappingNode):
+            keys: dict = {}
+            for key, value in item.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in keys:
+                        raise SftscopeError(f"{where}:{key.start_mark.line + 1}: key {_short(key.value)} is given "
+                                            f"twice (first on line {keys[key.value]}); keep one")
+                    keys[key.value] = key.start_mark.line + 1
+                stack += [key, value]
+        elif isinstance(item, yaml.SequenceNode):
+            stack += item.value
+
+
+def parse_yaml(text: str, where: str):
+    """The plain data of a YAML document, with the checks of ``_ConfigLoader`` (one-line errors)."""
+    try:
+        loader = _ConfigLoader(text)
+        try:
+            node = loader.get_single_node()
+            _check_size(node, where)
+            _check_duplicates(node, where)
+            return None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise SftscopeError(f"{where}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise SftscopeError(f"{where}: nested too deeply or recursive through YAML aliases") from None
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML mapping from a file, with one-line errors for a missing or malformed file."""
-    path = Path(path)
+    """A YAML mapping from a file, with one-line errors for a missing, oversized or malformed file."""
+    path = Path(os.path.expanduser(str(path)))
     if not path.exists():
         raise SftscopeError(f"config file not found: {path}")
+    if not path.is_file():
+        raise SftscopeError(f"{path}: not a regular file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise SftscopeError(f"{path}: {path.stat().st_size:,} bytes; a settings file is at most {MAX_CONFIG_BYTES:,}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SftscopeError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise SftscopeError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    raw = parse_yaml(text, str(path))
     return {} if raw is None else raw
 
 

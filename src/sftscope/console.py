@@ -58,11 +58,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def route_output(*, verbose: bool = False, debug: bool = False) -> None:
-    """Send library logging and known deprecation warnings to a (pending) log file; keep the terminal quiet."""
-    global _buffer, _counter, _log_path
-    import datasets  # noqa: PLC0415
-    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+    """Send library logging and known deprecation warnings to a (pending) log file; keep the terminal quiet.
 
+    transformers and datasets are configured when something first imports them
+    (see :func:`_after_import`), so a command that never needs them never waits for them.
+    """
+    global _buffer, _counter, _log_path
     logging.raiseExceptions = False  # a log line that cannot be written (full disk) must not bury the real error
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -77,15 +78,73 @@ def route_output(*, verbose: bool = False, debug: bool = False) -> None:
     _log_path = None
     for handler in (terminal, _buffer, _counter):
         root.addHandler(handler)
+    quiet = not (verbose or debug)
+    _after_import("transformers", lambda: _quiet_transformers(quiet))
+    _after_import("datasets", _quiet_datasets)
+    warnings.showwarning = _show_warning
+
+
+def _quiet_transformers(quiet: bool) -> None:
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
 
     hf_logging.disable_default_handler()  # transformers' own stderr handler
     hf_logging.enable_propagation()
     hf_logging.set_verbosity_info()
+    if quiet:
+        hf_logging.disable_progress_bar()
+
+
+def _quiet_datasets() -> None:
+    import datasets  # noqa: PLC0415
+
     datasets.utils.logging.disable_progress_bar()
     datasets.utils.logging.set_verbosity_warning()
-    if not (verbose or debug):
-        hf_logging.disable_progress_bar()
-    warnings.showwarning = _show_warning
+
+
+def _after_import(name: str, configure) -> None:
+    """Run ``configure`` once the package ``name`` is imported: now if it is already, else right after its import."""
+    if name in sys.modules:
+        configure()
+        return
+    sys.meta_path.insert(0, _ConfigureAfterImport(name, configure))
+
+
+class _ConfigureAfterImport:
+    """A meta-path finder that lets the normal import of one package happen, then configures it once."""
+
+    def __init__(self, name: str, configure) -> None:
+        self.name, self.configure = name, configure
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        import importlib.util  # noqa: PLC0415
+
+        sys.meta_path.remove(self)  # one use; also lets the lookup below find the real package
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, configure = spec.loader, self.configure
+
+        def exec_module(module):
+            loader.exec_module(module)
+            configure()
+
+        spec.loader = _Wrapped(loader, exec_module)
+        return spec
+
+
+class _Wrapped:
+    """A loader that runs ``exec_module`` of its own and delegates everything else."""
+
+    def __init__(self, loader, exec_module) -> None:
+        self._loader, self.exec_module = loader, exec_module
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def __getattr__(self, attr):
+        return getattr(self._loader, attr)
 
 
 def attach_log_file(path: Path) -> Path:

@@ -19,9 +19,11 @@ import csv
 import io
 import json
 import logging
+import os
 import random
 import re
 import string
+import unicodedata
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -39,6 +41,7 @@ EMBEDDED_SPLITS = ("train", "validation", "test")
 # A longer line is refused before it is parsed: a missing newline must not load a whole file as one record.
 MAX_LINE_BYTES = 1_000_000
 MULTI_LABEL_CHOICES = ("skip", "first", "join")
+MAX_TEMPLATE_WIDTH = 1000  # a template's {field:>N}: a larger N is a mistake, and a huge one exhausts memory
 _MULTI_LABEL = re.compile(r"\d+(\s*,\s*\d+)+")  # "3,7" or "3, 7": several label ids in one response
 
 Record = dict | list  # a JSON object, a table row by column name, or a header-less row by position
@@ -110,9 +113,13 @@ def _template_fields(template: str) -> list[str | int]:
     except ValueError as exc:
         raise SftscopeError(f"template {template!r} is not a valid format string ({exc})") from None
     automatic = 0  # "{}" fields are numbered in order
-    for _, name, _, _ in parsed:
+    for _, name, spec, _ in parsed:
         if name is None:
             continue
+        widths = [int(n) for n in re.findall(r"\d+", spec or "")]
+        if "{" in (spec or "") or any(n > MAX_TEMPLATE_WIDTH for n in widths):
+            raise SftscopeError(f"template {_short_text(template)}: the format spec {{{name}:{_short_text(spec)}}} "
+                                f"asks for a width over {MAX_TEMPLATE_WIDTH} characters (or a nested field)")
         base = re.split(r"[.\[]", name, maxsplit=1)[0]
         if base == "":
             base, automatic = str(automatic), automatic + 1
@@ -135,6 +142,15 @@ def _label_names(label_names) -> list[str] | None:
     if not names:
         raise SftscopeError("label names are empty")
     return names
+
+
+def nfc(text: str) -> str:
+    """Unicode NFC: "cafe" + a combining accent and "café" are one word, in training, scoring and players alike."""
+    return unicodedata.normalize("NFC", text)
+
+
+def normalized(pair: Pair) -> Pair:
+    return Pair(nfc(pair.prompt), nfc(pair.response), None if pair.system is None else nfc(pair.system))
 
 
 # --------------------------------------------------------------------------- one record -> one pair
@@ -167,8 +183,8 @@ def _recognised_pair(record, where: str) -> Pair:
         return _from_instruction(record, "input", "output", where)  # alpaca
     if "prompt" in record or "completion" in record:
         _require_text(record.get("prompt"), "prompt", where)
-        _require_text(record.get("completion"), "completion", where)
-        return Pair(record["prompt"], record["completion"])
+        completion = _response_text(record.get("completion"), "completion", where)
+        return Pair(record["prompt"], completion)
     keys = ", ".join(sorted(map(str, record))) or "none"
     raise SftscopeError(
         f"{where}: unknown record format (keys: {keys}); "
@@ -180,7 +196,7 @@ def _from_instruction(record: dict, extra_key: str, response_key: str, where: st
     """Alpaca and Dolly: the instruction, then the input (context) after a blank line when there is one."""
     instruction, extra, response = record.get("instruction"), record.get(extra_key) or "", record.get(response_key)
     _require_text(instruction, "instruction", where)
-    _require_text(response, response_key, where)
+    response = _response_text(response, response_key, where)
     if not isinstance(extra, str):
         raise SftscopeError(f"{where}: '{extra_key}' must be a string")
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
@@ -188,8 +204,23 @@ def _from_instruction(record: dict, extra_key: str, response_key: str, where: st
 
 
 def _require_text(value, name: str, where: str) -> None:
-    if not isinstance(value, str) or not value.strip():
+    if value is None or (isinstance(value, str) and not value.strip()):
         raise SftscopeError(f"{where}: '{name}' is missing or empty")
+    if not isinstance(value, str):
+        raise SftscopeError(f"{where}: '{name}' must be text, got {type(value).__name__} ({_short_text(value)})")
+
+
+def _response_text(value, name: str, where: str) -> str:
+    """A response: text, or a number (a label id such as 3 becomes "3", as in mapped columns)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _plain(value)
+    _require_text(value, name, where)
+    return value
+
+
+def _short_text(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _from_messages(messages, where: str) -> Pair:
@@ -205,8 +236,8 @@ def _from_messages(messages, where: str) -> Pair:
             f"{where}: 'messages' must be one user turn then one assistant turn (optional system first), got {roles}"
         )
     _require_text(messages[0].get("content"), "user content", where)
-    _require_text(messages[1].get("content"), "assistant content", where)
-    return Pair(messages[0]["content"], messages[1]["content"], system)
+    answer = _response_text(messages[1].get("content"), "assistant content", where)
+    return Pair(messages[0]["content"], answer, system)
 
 
 def _mapped_pair(record, where: str, mapping: ColumnMapping) -> Pair | None:
@@ -335,7 +366,7 @@ def _collect(source: str, records: Iterable[tuple[str, object]], mapping: Column
         if pair is None:
             skipped += 1
         else:
-            pairs.append(pair)
+            pairs.append(normalized(pair))
     if skipped:
         log.warning("%s: skipped %d multi-label rows (multi_label: skip)", source, skipped)
     if not pairs:
@@ -344,9 +375,13 @@ def _collect(source: str, records: Iterable[tuple[str, object]], mapping: Column
 
 
 def _existing(path: str | Path) -> Path:
-    path = Path(path)
+    """The path of a data file that exists and is a regular file (a link to a device such as /dev/zero is not)."""
+    path = Path(os.path.expanduser(str(path)))
     if not path.exists():
         raise SftscopeError(f"data file not found: {path}")
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a device, a pipe or a socket)"
+        raise SftscopeError(f"{path}: {kind}; a data file must be a file")
     return path
 
 
@@ -406,9 +441,13 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise SftscopeError(f"{where}: malformed JSON ({exc.msg})") from None
+                hint = (" (sftscope reads one JSON object per line, JSONL; this file looks like one JSON array: write "
+                        "each record on a line of its own)") if number == 1 and line.lstrip().startswith("[") else ""
+                raise SftscopeError(f"{where}: malformed JSON ({exc.msg}){hint}") from None
             if not isinstance(record, dict):  # also with a mapping: a JSON array is not a header-less row
-                raise SftscopeError(f"{where}: expected a JSON object, got {type(record).__name__}")
+                hint = (" (sftscope reads one JSON object per line, JSONL; this line holds a JSON array: write "
+                        "each record on a line of its own)") if isinstance(record, list) else ""
+                raise SftscopeError(f"{where}: expected a JSON object, got {type(record).__name__}{hint}")
             yield where, record
 
 
@@ -534,18 +573,33 @@ def load_pairs(source: str | Path, **options) -> list[Pair]:
     name, _, split = text.partition(":")
     if name in EMBEDDED_DATASETS and split:  # "emotions:validation"
         return embedded_split(name, split)
-    path = Path(text)
+    path = Path(os.path.expanduser(text))
     reader = READERS.get(path.suffix.lower())
     if reader is not None:
         return reader(path, **options)
     if path.exists():
         kinds = ", ".join(READERS)
         raise SftscopeError(f"{path}: unknown data file type {path.suffix or '(no extension)'!r} (use {kinds})")
+    if _looks_local(text):
+        raise SftscopeError(f"data file not found: {path} (and it is no hub data set name, owner/name)")
     return _load_hub(name, split or "train", **options)
 
 
+def _looks_local(text: str) -> bool:
+    """A path on this machine rather than a hub name: absolute, relative with ./ ../ ~, nested, or in a local folder."""
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text:
+        return True
+    first = text.split("/", 1)[0]
+    return "/" in text and Path(first).is_dir()
+
+
 def _load_hub(name: str, split: str = "train", **options) -> list[Pair]:
+    from .models import HUB_TIMEOUT_S, hub_reachable  # noqa: PLC0415
+
     mapping = ColumnMapping(**options)
+    if os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0") and not hub_reachable():
+        raise SftscopeError(f"data set {name!r} is not a file here, and the hub did not answer within "
+                            f"{HUB_TIMEOUT_S:.0f} s: connect, or set HF_HUB_OFFLINE=1 to use a cached copy")
     try:
         import datasets  # noqa: PLC0415
 
@@ -578,7 +632,10 @@ def load_splits(
     random.Random(seed).shuffle(order)
     n_test = max(1, round(len(pairs) * test_ratio))
     if n_test >= len(pairs):
-        raise SftscopeError(f"{train}: {len(pairs)} examples are too few to split into train and test")
+        if len(pairs) >= 2:
+            raise SftscopeError(f"{train}: test_ratio {test_ratio} puts {n_test} of its {len(pairs)} examples in the test "
+                                "split and leaves none to train on: lower test_ratio")
+        raise SftscopeError(f"{train}: {len(pairs)} example is too few to split into train and test")
     test_idx = set(order[:n_test])
     return [p for i, p in enumerate(pairs) if i not in test_idx], [p for i, p in enumerate(pairs) if i in test_idx]
 

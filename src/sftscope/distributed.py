@@ -11,6 +11,7 @@ reachable from every worker (a shared filesystem on a multi-machine cluster).
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +37,24 @@ def _job_main(run_dir: str, job, probes, settings, quality) -> int:
                    quality=quality)
 
 
+STATUS_EVERY_S = 60.0
+
+
+def _free(ray) -> str:
+    free = ray.available_resources()
+    return f"{free.get('CPU', 0):g} CPU, {free.get('GPU', 0):g} GPU"
+
+
+def _check_fits(ray, cpus: float, gpus: float) -> None:
+    """Some node of the cluster can run one job, or Ray would keep it waiting forever without a word."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        largest = max((n.get("CPU", 0) for n in nodes), default=0)
+        raise SftscopeError(f"each extraction job asks Ray for {cpus:g} CPU(s) (analysis.threads) and {gpus:g} GPU(s), "
+                            f"but no node of the cluster has that many (the largest has {largest:g} CPU(s)): lower "
+                            "analysis.threads or --gpus-per-job")
+
+
 def extract_with_ray(
     run_dir: Path,
     units: list[ModelWork],
@@ -45,12 +64,19 @@ def extract_with_ray(
     address: str = "local",
     samples_per_job: int | None = None,
     num_gpus: float = 0,
-    num_cpus: float = 1,
+    num_cpus: float | None = None,
     max_retries: int = 3,
+    stall_s: float = 1800.0,
     progress: Callable | None = None,
     say: Callable[[str], None] | None = None,
 ) -> int:
-    """Run every missing unit (and quality score) of ``units`` as Ray jobs; returns the number of units written."""
+    """Run every missing unit (and quality score) of ``units`` as Ray jobs; returns the number of units written.
+
+    Each job asks Ray for ``settings.threads`` CPUs (and runs on that many threads:
+    the rows equal the serial path's). A cluster with no node that large is an
+    error at once; a cluster on which no job finishes for ``stall_s`` seconds is
+    an error then, with a status line every minute before.
+    """
     try:
         import ray  # noqa: PLC0415
     except ImportError:
@@ -73,15 +99,28 @@ def extract_with_ray(
                  logging_level=logging.WARNING)
         started_here = True
     try:
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
+        cpus = num_cpus or settings.threads
+        _check_fits(ray, cpus, num_gpus)
+        remote = ray.remote(num_cpus=cpus, num_gpus=num_gpus, max_retries=max_retries,
                             retry_exceptions=True)(_job_main)
         probes_ref = ray.put(list(probes))
         pending = {remote.remote(str(run_dir), job, probes_ref, settings, qualities[job.model_label]): job
                    for job in jobs}
         bar = progress(total=len(jobs), desc="extraction jobs (ray)") if progress else None
         written, failures = 0, []
+        quiet_since = time.monotonic()
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=STATUS_EVERY_S)
+            if not done:  # nothing finished for a while: say so, and give up on a cluster that does no work
+                waited = time.monotonic() - quiet_since
+                note = (f"ray: no extraction job finished in the last {waited:.0f} s ({len(jobs) - len(pending)} of "
+                        f"{len(jobs)} done; free on the cluster: {_free(ray)})")
+                if waited >= stall_s:
+                    raise SftscopeError(f"{note}: giving up after {stall_s:.0f} s (are the workers dying? the Ray "
+                                        "logs in /tmp/ray/session_latest/logs say why); finished units are kept")
+                (say or log.warning)(note)
+                continue
+            quiet_since = time.monotonic()
             job = pending.pop(done[0])
             try:
                 written += ray.get(done[0])

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import torch
 
+from .data import nfc
 from .decompose import and_or_interactions
 from .errors import SftscopeError
 from .game import BaselineKind, GameEngine, MaskedGame, NaiveEngine, baseline_vector
@@ -39,14 +40,15 @@ def make_engine(
     return NaiveEngine(model, baseline, max_batch_tokens=max_batch_tokens)
 
 
-def _choose(model, rendered, target: int, base_vec: torch.Tensor, n_players: int, **options) -> Players:
+def _choose(model, rendered, target: int, base_vec: torch.Tensor, n_players: int, progress=None,
+            **options) -> Players:
     def ablation_scores(words) -> np.ndarray:
-        # v(N) and v(N without i) for every candidate word: one batch.
+        # v(N) and v(N without i) for every candidate word, batched by the naive engine
         spans = tuple(w.token_span for w in words)
         game = MaskedGame(tuple(rendered.input_ids), spans, target)
         full = (1 << len(spans)) - 1
         masks = np.array([full] + [full ^ (1 << i) for i in range(len(spans))])
-        values = NaiveEngine(model, base_vec).values(game, masks)
+        values = NaiveEngine(model, base_vec, progress=progress).values(game, masks)
         return np.abs(values[0] - values[1:])
 
     return choose_players(rendered, n_players, ablation_scores=ablation_scores, **options)
@@ -65,8 +67,8 @@ def select_players(
     baseline: BaselineKind = "mean",
     use_chat_template: bool | None = None,
 ) -> Players:
-    """Choose the players of a prompt (on the pre-SFT model, then frozen)."""
-    rendered = tokenize_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
+    """Choose the players of a prompt (on the pre-SFT model, then frozen); the prompt is read in Unicode NFC."""
+    rendered = tokenize_prompt(tokenizer, nfc(prompt), use_chat_template=use_chat_template)
     return _choose(
         model, rendered, target_token(tokenizer, response), baseline_vector(model, tokenizer, baseline),
         n_players, selection=selection, seed=seed, allow_fewer=allow_fewer,
@@ -119,6 +121,7 @@ def extract_many(
     max_batch_tokens: int = 16_384,
     max_memory_bytes: int = 2 << 30,
     batch_samples: int | None = None,
+    progress=None,
 ) -> list[InteractionResult]:
     """Interactions of several prompts; up to ``batch_samples`` with as many players share each forward pass.
 
@@ -133,14 +136,15 @@ def extract_many(
         raise SftscopeError(f"batch_samples must be >= 1, got {batch_samples}")
     base_vec = baseline_vector(model, tokenizer, baseline)
     games, chosen = [], []
+    requests = [replace(r, prompt=nfc(r.prompt), response=nfc(r.response)) for r in requests]  # "é" is one letter
     for request in requests:
         rendered = tokenize_prompt(tokenizer, request.prompt, use_chat_template=use_chat_template)
+        check_context(model, len(rendered.input_ids), request.context)
         target = target_token(tokenizer, request.response)
         players = request.players
         if players is None:
-            players = _choose(
-                model, rendered, target, base_vec, n_players, selection=selection, seed=seed, allow_fewer=allow_fewer
-            )
+            players = _choose(model, rendered, target, base_vec, n_players, progress=progress, selection=selection,
+                              seed=seed, allow_fewer=allow_fewer)
         games.append(MaskedGame(tuple(rendered.input_ids), _spans_in(rendered, players), target))
         chosen.append(players)
     runner = make_engine(model, base_vec, engine, max_batch_tokens=max_batch_tokens, max_memory_bytes=max_memory_bytes)
@@ -171,6 +175,21 @@ def extract_many(
         )
         for request, players, game, decomposition in zip(requests, chosen, games, decompositions)
     ]
+
+
+def context_length(model) -> int | None:
+    """The longest input the model was built for (``max_position_embeddings``), if it says."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    return getattr(config, "max_position_embeddings", None)
+
+
+def check_context(model, tokens: int, where: str = "") -> None:
+    limit = context_length(model)
+    if limit is not None and tokens > limit:
+        place = f" ({where})" if where else ""
+        raise SftscopeError(f"the prompt is {tokens:,} tokens with its template, longer than the model's context of "
+                            f"{limit:,}{place}: shorten it")
 
 
 def _evaluate(runner: GameEngine, games: list[MaskedGame], names: list[str], model) -> list[np.ndarray]:

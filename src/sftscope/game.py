@@ -118,11 +118,12 @@ def mask_to_embeddings(
 class NaiveEngine:
     """Every masked prompt run in full, ``max_batch_tokens`` tokens per forward pass."""
 
-    def __init__(self, model, baseline: torch.Tensor, *, max_batch_tokens: int = 16_384) -> None:
+    def __init__(self, model, baseline: torch.Tensor, *, max_batch_tokens: int = 16_384, progress=None) -> None:
         self.model = model
         self.baseline = baseline
         self.max_batch_tokens = max_batch_tokens
         self.tokens_computed = 0
+        self.progress = progress  # a tqdm-like factory: one bar over the masks of each call
 
     @torch.no_grad()
     def values(self, game: MaskedGame, masks: np.ndarray | None = None) -> np.ndarray:
@@ -133,12 +134,17 @@ class NaiveEngine:
         length = len(game.input_ids)
         batch = max(1, self.max_batch_tokens // length)
         out = np.empty(len(masks), dtype=np.float64)
+        bar = self.progress(total=len(masks), desc="masked prompts") if self.progress else None
         for start in range(0, len(masks), batch):
             chunk = masks[start : start + batch]
             embeds = mask_to_embeddings(base, game.spans, chunk, self.baseline.to(base.dtype))
             logits = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=1).logits[:, -1]
             out[start : start + len(chunk)] = log_odds(logits, game.target_id).double().cpu().numpy()
             self.tokens_computed += len(chunk) * length
+            if bar:
+                bar.update(len(chunk))
+        if bar:
+            bar.close()
         return check_finite(out)
 
     def values_batch(self, games, names: Sequence[str] | None = None) -> list[np.ndarray]:

@@ -12,6 +12,7 @@ read, is planned again; nothing is reused under other settings.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -141,11 +142,45 @@ def quality_current(folder: RunFolder, model_label: str, step: int, model_name: 
     return isinstance(stored, dict) and stored.get("inputs") == task.inputs(model_name, ckpt)
 
 
+@contextlib.contextmanager
+def pinned_threads(count: int):
+    """Run on exactly ``count`` CPU threads (torch and the BLAS under numpy/scipy), whatever the process's default.
+
+    Float sums depend on how a reduction is cut across threads, so a Ray
+    worker (which Ray starts with ``OMP_NUM_THREADS=1``) and the serial path
+    would differ in the last digits, and the sparse solver can then move mass
+    between small interactions. With the same count everywhere the rows are
+    bit-identical on one machine (``tests/test_determinism.py``).
+    """
+    import torch  # noqa: PLC0415
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        with threadpool_limits(limits=count):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_job(
     run_dir, job: Job, probes: dict[str, Probe], settings: AnalysisSettings, *, base_model=None, tokenizer=None,
     quality: QualityTask | None = None, on_unit: Callable[[], None] | None = None,
 ) -> int:
-    """Load the job's checkpoint once, score it and extract its batches, writing each result; returns units written."""
+    """Load the job's checkpoint once, score it and extract its batches, writing each result; returns units written.
+
+    Runs on ``settings.threads`` CPU threads (see :func:`pinned_threads`).
+    """
+    with pinned_threads(settings.threads):
+        return _run_job(run_dir, job, probes, settings, base_model=base_model, tokenizer=tokenizer, quality=quality,
+                        on_unit=on_unit)
+
+
+def _run_job(
+    run_dir, job: Job, probes: dict[str, Probe], settings: AnalysisSettings, *, base_model=None, tokenizer=None,
+    quality: QualityTask | None = None, on_unit: Callable[[], None] | None = None,
+) -> int:
     from .extract import Request, extract_many  # noqa: PLC0415
     from .models import load_checkpoint, load_model_and_tokenizer  # noqa: PLC0415
     from .quality import score_split  # noqa: PLC0415

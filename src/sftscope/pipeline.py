@@ -19,45 +19,48 @@ import logging
 from typing import Callable
 
 from .analyze import analyze
-from .config import (
-    AnalysisSettings, RunConfig, TrainConfig, baseline_config, changed_training_settings, load_trained_config, with_output_dir,
-)
+from .config import AnalysisSettings, RunConfig, TrainConfig, baseline_config, check_report_to, with_output_dir
 from .console import attach_log_file
 from .data import is_local, split_pairs
 from .errors import SftscopeError
 from .probes import check_probe_words
 from .store import JobFolder, RunFolder, claim, run_lock, write_json, write_text
-from .train import train
+from .train import finished_training, train
 
 log = logging.getLogger(__name__)
 
 
 def _train_stage(config: TrainConfig, folder: RunFolder, name: str, say: Callable[[str], None], progress) -> None:
-    if folder.done.exists():
-        changed = changed_training_settings(load_trained_config(folder.config), config)
-        if changed:
-            raise SftscopeError(f"{folder.root} was trained with other settings ({', '.join(changed)} differ): "
-                                "use a new output_dir, or remove this one to train again")
+    config = with_output_dir(config, folder.root)
+    if finished_training(folder, config):  # another training's finished checkpoints: refused, never replaced
         say(f"{name}: training already done, skipped")
         return
     if folder.losses.exists():
         say(f"{name}: unfinished training found, restarting it from step 0")
-    config = with_output_dir(config, folder.root)
     say(f"{name}: training {config.model}")
     train(config, progress=progress)  # removes what an earlier, unfinished training wrote (and only that)
-    write_text(folder.done, "done\n")
 
 
 def preflight(config: RunConfig) -> None:
-    """Everything that can be checked without loading a model, before anything is written or trained."""
-    from .models import check_available  # noqa: PLC0415
+    """Everything that can be checked before anything is written or trained: settings, data, labels, models,
+    LoRA target modules, sequence lengths and probe words (the tokenizer and the model's skeleton, no weights)."""
+    from .models import check_available, load_tokenizer, model_skeleton  # noqa: PLC0415
+    from .quality import label_set  # noqa: PLC0415
+    from .train import check_lengths, check_target_modules  # noqa: PLC0415
 
     configs = [config.train] + ([baseline_config(config)] if config.baseline is not None else [])
     for item in configs:
         train_pairs, test_pairs = split_pairs(item.data)  # data errors name file and line
+        label_set(train_pairs, test_pairs, item.data.labels)
+        check_report_to(item.report_to, "report_to", installed=True)
         check_available(item.model)
         if item is config.train:
             check_probe_words(train_pairs, test_pairs, config.analysis)
+        tokenizer = load_tokenizer(item.model, trust_remote_code=item.trust_remote_code)
+        check_lengths(tokenizer, {"train": train_pairs, "test": test_pairs}, item.max_length)
+        if item.lora.target_modules != "all-linear":
+            check_target_modules(model_skeleton(item.model, trust_remote_code=item.trust_remote_code),
+                                 item.lora.target_modules)
 
 
 def run(

@@ -46,6 +46,10 @@ def check_probe_words(train: list[Pair], test: list[Pair], settings) -> dict[str
         words = usable_words(pair.prompt)
         if words < settings.n_players:
             short[sample] = words
+    empty = sorted(sample for sample, words in short.items() if words == 0)
+    if empty:
+        raise SftscopeError(f"probe {empty[0]} has no usable word (only stopwords or punctuation), so it has no "
+                            f"player to explain ({len(empty)} such probe prompt(s)): remove such rows from the data")
     if short and not settings.allow_fewer:
         fewest = min(short, key=short.get)
         total = 2 * settings.samples_per_split

@@ -210,13 +210,53 @@ def _legacy_job(folder: Path) -> bool:
         "target", "baseline", "summary.json", "report.html", "sftscope.log", LOCK_NAME}
 
 
+LAYOUT_NAMES = frozenset({MARKER, LOCK_NAME, "sftscope-config.yaml", "config.yaml", "sftscope.log", "losses.csv", "DONE",
+                          "analysis", "report", "target", "baseline", "summary.json", "report.html"})
+
+
+def _layout_entries(folder: Path):
+    """The entries of ``folder`` that sftscope writes into or removes (its layout's names, checkpoint-*)."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name in LAYOUT_NAMES or entry.name.startswith("checkpoint-"):
+            yield entry
+
+
+def refuse_links(folder: str | os.PathLike) -> None:
+    """No name sftscope writes through may be a link: writing or clearing it would touch what the link points to.
+
+    Checked at every level of the layout (a run folder, a job folder's target
+    and baseline, a checkpoint's files, analysis/ and report/ below). The
+    folder itself may be a link (an output folder on another disk).
+    """
+    stack = [Path(folder)]
+    while stack:
+        current = stack.pop()
+        for entry in _layout_entries(current):
+            if entry.is_symlink():
+                raise SftscopeError(f"{entry} is a link to {os.readlink(entry)}: sftscope does not write through links "
+                                    "(it could overwrite what the link points to); remove the link or use a new "
+                                    "output folder")
+            if entry.is_dir():
+                if entry.name in ("target", "baseline"):
+                    stack.append(entry)
+                else:
+                    for root, dirs, files in os.walk(entry):
+                        for name in dirs + files:
+                            inner = Path(root) / name
+                            if inner.is_symlink():
+                                raise SftscopeError(f"{inner} is a link to {os.readlink(inner)}: sftscope does not "
+                                                    "write through links; remove the link or use a new output folder")
+
+
 def claim(folder: str | os.PathLike, kind: str) -> Path:
     """Make ``folder`` sftscope's: it must be new, empty, or already its own (``kind``: "job" or "run").
 
     Anything else is refused with one line before any work, so a user's files
     are never overwritten or removed.
     """
-    folder = Path(folder)
+    folder = Path(os.path.expanduser(str(folder)))
     if not is_rank_zero():
         return folder  # under torchrun/accelerate, rank 0 claims
     if folder.exists() and not folder.is_dir():
@@ -231,6 +271,7 @@ def claim(folder: str | os.PathLike, kind: str) -> Path:
     elif folder.is_dir() and not _marked(folder, kind):
         raise SftscopeError(f"{folder} is an sftscope folder of another kind (not a {kind} folder): "
                             "use a new or empty folder")
+    refuse_links(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / MARKER).exists():
         write_json(folder / MARKER, {"tool": "sftscope", "kind": kind})
@@ -281,6 +322,13 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def apply_umask(folder: Path) -> None:
+    """Give the files of ``folder`` the user's usual permissions (safetensors writes 0600 through a temp file)."""
+    for item in Path(folder).iterdir():
+        if item.is_file() and not item.is_symlink():
+            os.chmod(item, 0o666 & ~UMASK)
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -416,6 +464,28 @@ def write_manifest(run_dir: str | os.PathLike, units: list[Path] | None = None) 
 # --------------------------------------------------------------------------- the lock
 
 
+def _process_start(pid: int) -> str | None:
+    """When a process started (clock ticks since boot, from /proc), to tell a reused pid from its first owner."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22 of proc(5), counted after the command name
+
+
+def _command(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+
+
+def _looks_like_sftscope(pid: int) -> bool:
+    """Whether a live process could be sftscope (python or the sftscope script); True where /proc cannot say."""
+    command = _command(pid)
+    return command is None or "python" in command or "sftscope" in command
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -424,6 +494,24 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _owner(text: str) -> tuple[int | None, str | None]:
+    """The pid and start time a lock file names ("pid start", or a bare pid from earlier versions)."""
+    parts = text.split()
+    if not parts or not parts[0].isdigit():
+        return None, None
+    return int(parts[0]), (parts[1] if len(parts) > 1 else None)
+
+
+def _held(pid: int, started: str | None) -> bool:
+    """Whether the process that wrote the lock still runs."""
+    if not _alive(pid):
+        return False
+    now = _process_start(pid)
+    if started is not None and now is not None:
+        return now == started  # the same pid, reused by another process, does not hold the lock
+    return _looks_like_sftscope(pid)
 
 
 LOCK_GRACE_S = 10.0  # an empty lock file younger than this belongs to a process that is writing its pid
@@ -438,38 +526,47 @@ def _age_seconds(path: Path) -> float:
 
 @contextlib.contextmanager
 def run_lock(folder: str | os.PathLike):
-    """Hold ``folder/.sftscope.lock`` while working; a stale lock (dead pid) is taken over.
+    """Hold ``folder/.sftscope.lock`` while working; a stale lock (its process is gone) is taken over.
 
-    Re-entrant within one process (the pipeline locks, then analysis locks again).
-    Under ``accelerate launch``/``torchrun`` only rank 0 holds it: the ranks are one run.
+    The lock names the holder's pid and start time, so a pid reused by another
+    process is not mistaken for the holder. Re-entrant within one process (the
+    pipeline locks, then analysis locks again). Under ``accelerate
+    launch``/``torchrun`` only rank 0 holds it: the ranks are one run.
     """
     folder = Path(folder)
     if not is_rank_zero():
         yield
         return
     path = folder / LOCK_NAME
-    mine = str(os.getpid())
+    mine = f"{os.getpid()} {_process_start(os.getpid()) or ''}".strip()
     for _ in range(2):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask applies
         except FileExistsError:
             owner = path.read_text(encoding="utf-8").strip() if path.exists() else ""
-            if owner == mine:  # re-entered by ourselves
+            pid, started = _owner(owner)
+            if pid == os.getpid():  # re-entered by ourselves
                 yield
                 return
             if not owner and _age_seconds(path) < LOCK_GRACE_S:  # just created: its owner is writing its pid
                 raise SftscopeError(f"{folder} is being taken by another sftscope process; wait for it or remove {path}")
-            if owner.isdigit() and _alive(int(owner)):
+            if pid is not None and _held(pid, started):
+                command = _command(pid)
+                shown = f": {command[:80]}" if command else ""
                 raise SftscopeError(
-                    f"{folder} is in use by another sftscope process (pid {owner}); wait for it or remove {path}"
+                    f"{folder} is in use by another sftscope process (pid {pid}{shown}); wait for it or remove {path}"
                 ) from None
-            path.unlink(missing_ok=True)  # stale: its owner died
+            path.unlink(missing_ok=True)  # stale: its owner died, or it never was a lock of a running sftscope
             continue
         except OSError as exc:
             raise SftscopeError(f"cannot write in {folder}: {exc.strerror or exc} (is it read-only?)") from exc
-        with os.fdopen(fd, "w") as handle:
-            handle.write(mine)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(mine)
+        except OSError as exc:  # a full disk: leave no empty lock behind to block the next try
+            path.unlink(missing_ok=True)
+            raise SftscopeError(f"cannot write {path}: {exc.strerror or exc} (free some space and run again)") from exc
         try:
             yield
         finally:

@@ -12,11 +12,11 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from .config import TrainConfig, config_yaml
+from .config import TrainConfig, check_report_to, config_yaml, with_output_dir
 from .console import attach_log_file
 from .data import split_pairs, to_conversational, to_plain
 from .errors import SftscopeError
-from .store import RunFolder, claim, is_rank_zero, run_lock, write_losses, write_text
+from .store import RunFolder, apply_umask, claim, is_rank_zero, run_lock, write_losses, write_text
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,10 @@ def _schedule_callback(steps: list[int], losses_path: Path):
 
         def on_save(self, args, state, control, **kwargs):
             # Trainer pickles its arguments next to each checkpoint; we never load it, so keep no pickle.
-            pickled = RunFolder(args.output_dir).checkpoint(state.global_step) / "training_args.bin"
-            if state.is_world_process_zero and pickled.exists():
-                pickled.unlink()
+            checkpoint = RunFolder(args.output_dir).checkpoint(state.global_step)
+            if state.is_world_process_zero and checkpoint.is_dir():
+                (checkpoint / "training_args.bin").unlink(missing_ok=True)
+                apply_umask(checkpoint)
             return control
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -109,14 +110,30 @@ def train(
     ``progress``: ``"transformers"`` keeps the Trainer's own bars and printed
     logs; a tqdm-like factory shows one bar over the steps and sends the
     Trainer's log lines to the ``sftscope.train`` logger; ``None`` shows nothing.
-    """
-    from .models import check_available  # noqa: PLC0415
 
-    out = Path(config.output_dir)
+    Everything that can fail on the user's input (data, labels, model, LoRA
+    target modules, sequence lengths, a finished training under other
+    settings) is checked before the folder is written. A training that
+    finished under the same settings is not repeated.
+    """
+    from .models import check_available, load_model_and_tokenizer  # noqa: PLC0415
+    from .quality import label_set  # noqa: PLC0415
+
+    out = Path(config.output_dir).expanduser()
+    config = with_output_dir(config, out)
     folder = RunFolder(out)
-    split_pairs(config.data)  # bad data is reported before anything is written
+    train_pairs, test_pairs = split_pairs(config.data)  # bad data is reported before anything is written
+    label_set(train_pairs, test_pairs, config.data.labels)  # responses outside data.labels, too
+    check_report_to(config.report_to, "report_to", installed=True)
+    if finished_training(folder, config):
+        log.info("%s: training already done with these settings", out)
+        return out
     if model is None:
         check_available(config.model)
+        model, tokenizer = load_model_and_tokenizer(config.model, dtype=config.dtype,
+                                                    trust_remote_code=config.trust_remote_code)
+    check_target_modules(model, config.lora.target_modules)
+    check_lengths(tokenizer, {"train": train_pairs, "test": test_pairs}, config.max_length)
     claim(out, "run")
     with run_lock(out):
         attach_log_file(folder.log)
@@ -128,8 +145,75 @@ def train(
         trainer.evaluate()  # step 0: the model before SFT (collective under multi-process training)
         if trainer.is_world_process_zero():
             trainer.model.save_pretrained(folder.checkpoint(0), safe_serialization=True)
+            apply_umask(folder.checkpoint(0))
         trainer.train()
+        if is_rank_zero():
+            write_text(folder.done, "done\n")
     return out
+
+
+def finished_training(folder: RunFolder, config: TrainConfig) -> bool:
+    """True when ``folder`` holds a finished training under these settings; an error when it holds one under others.
+
+    Checkpoints of another training are never removed to make room for a new
+    one (a finished run is the user's result); an unfinished training under the
+    same settings is restarted from step 0.
+    """
+    from .config import changed_training_settings, load_trained_config  # noqa: PLC0415
+
+    trained = [step for step in _steps_on_disk(folder) if step > 0]
+    if not trained or not folder.config.exists():
+        return False
+    changed = changed_training_settings(load_trained_config(folder.config), config)
+    if changed:
+        raise SftscopeError(f"{folder.root} holds a training with other settings ({', '.join(changed[:6])} differ): "
+                            "use a new output_dir, or remove this one to train again")
+    return folder.done.exists()
+
+
+def _steps_on_disk(folder: RunFolder) -> list[int]:
+    try:
+        return list(folder.checkpoints())
+    except SftscopeError:  # no checkpoints yet
+        return []
+
+
+def check_target_modules(model, targets: str | list[str]) -> None:
+    """The LoRA target modules exist in the model (PEFT would fail only after the run folder is written)."""
+    import re  # noqa: PLC0415
+
+    if targets == "all-linear":
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    if isinstance(targets, str):
+        if not any(re.fullmatch(targets, name) for name in names):
+            raise SftscopeError(f"lora.target_modules {targets!r} matches no module of the model (a string is a "
+                                f"regular expression over full names; e.g. {', '.join(_linear_names(model)[:4])})")
+        return
+    missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
+    if missing:
+        raise SftscopeError(f"lora.target_modules: {', '.join(map(repr, missing[:3]))} not in the model (its linear "
+                            f"modules: {', '.join(_linear_names(model)[:8])}; or all-linear)")
+
+
+def _linear_names(model) -> list[str]:
+    import torch  # noqa: PLC0415
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and name})
+
+
+def check_lengths(tokenizer, splits: dict[str, list], max_length: int) -> None:
+    """Every example fits ``max_length`` tokens as TRL builds it; TRL would drop or cut the others without a word."""
+    from .quality import encode  # noqa: PLC0415
+
+    for split, pairs in splits.items():
+        lengths = [sum(map(len, encode(tokenizer, pair, pair.response))) for pair in pairs]
+        long = [i for i, n in enumerate(lengths) if n > max_length]
+        if long:
+            raise SftscopeError(f"{split} example {long[0]} is {lengths[long[0]]} tokens long, over max_length "
+                                f"{max_length} ({len(long)} of {len(pairs)} {split} examples are): raise max_length "
+                                "or shorten them")
 
 
 def total_steps(config: TrainConfig, n_train: int) -> int:
