@@ -57,10 +57,10 @@ def test_report_from_the_analysis(tiny_run):
     page = build_report(tiny_run)
     text = page.read_text(encoding="utf-8")
     assert text.index('id="recommendation"') < text.index('id="findings"') < text.index("<img")
-    assert text.count("data:image/png;base64,") == 6
+    assert text.count("data:image/png;base64,") == 7
     assert "http://" not in text and "https://" not in text  # self-contained
     assert {p.name for p in page.parent.glob("*.png")} == {
-        "types.png", "orders.png", "quality.png", "utility.png", "losses.png", "fidelity.png"}
+        "types.png", "orders.png", "quality.png", "utility.png", "losses.png", "fidelity.png", "forgetting.png"}
     assert "<mark" in text
 
 

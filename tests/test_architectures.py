@@ -98,11 +98,16 @@ def arch_run(request, tmp_path_factory):
 
 def test_train_then_analyze(arch_run):
     arch, run, _, _ = arch_run
-    summary = analyze(run, AnalysisSettings(samples_per_split=1, n_players=3))
+    settings = AnalysisSettings(samples_per_split=1, n_players=3)
+    summary = analyze(run, settings)
     assert summary["checkpoints"] == [0, 1, 2]
     assert summary["recommended_step"] in summary["checkpoints"]
     assert all(q["accuracy"] is not None for q in summary["quality"])  # joy / anger: a closed label set
-    assert len(RunFolder(run).units()) == 3 * 2
+    # one train and one validation probe, and the general probes, at each of the three checkpoints
+    units = RunFolder(run).units()
+    assert len(units) == 3 * (2 + settings.general_samples)
+    assert sum(u.name.startswith("general-") for u in units) == 3 * settings.general_samples
+    assert [row["step"] for row in summary["drift"]["per_checkpoint"]] == [0, 1, 2]
 
 
 def test_players_come_from_the_user_content_only(arch_run):

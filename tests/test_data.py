@@ -76,18 +76,49 @@ def test_table_errors(tmp_path):
 
 def test_splits(tmp_path):
     path = write_lines(tmp_path / "c.jsonl", [{"prompt": f"p {i}", "completion": "x"} for i in range(10)])
-    train, test = load_splits(path, test_ratio=0.3, seed=1)
-    assert len(train) == 7 and len(test) == 3 and not set(train) & set(test)
-    assert (train, test) == load_splits(path, test_ratio=0.3, seed=1)
-    assert load_splits(path, test_ratio=0.3, seed=2) != (train, test)
+    train, validation, test = load_splits(path, test_ratio=0.3, validation_ratio=0.2, seed=1)
+    assert (len(train), len(validation), len(test)) == (5, 2, 3)
+    assert not set(train) & set(test) and not set(train) & set(validation) and not set(validation) & set(test)
+    assert (train, validation, test) == load_splits(path, test_ratio=0.3, validation_ratio=0.2, seed=1)
+    assert load_splits(path, test_ratio=0.3, validation_ratio=0.2, seed=2) != (train, validation, test)
+    # the same test split whatever the validation ratio: validation is drawn after it
+    assert load_splits(path, test_ratio=0.3, validation_ratio=0.1, seed=1).test == test
+    other = write_lines(tmp_path / "v.jsonl", [{"prompt": f"v {i}", "completion": "x"} for i in range(4)])
+    own = load_splits(path, validation=other, test_ratio=0.3, seed=1)
+    assert own.validation == load_pairs(other) and own.test == test and len(own.train) == 7
+    with pytest.raises(SftscopeError, match="leaving none to train on"):
+        load_splits(path, test_ratio=0.5, validation_ratio=0.5)
     empty = write_lines(tmp_path / "e.jsonl", [])
     with pytest.raises(SftscopeError, match="no examples"):
         load_splits(empty)
 
 
+def test_a_validation_split_too_small_to_decide_on(tmp_path):
+    path = write_lines(tmp_path / "c.jsonl", [{"prompt": f"p {i}", "completion": "x"} for i in range(12)])
+    from sftscope.data import split_notes
+
+    settings = build(DataSettings, {"train": str(path), "max_train_examples": None, "validation_ratio": 0.1}, "data")
+    assert "the validation split has only 1 examples, so its accuracy moves in steps of 100 points" in \
+        " ".join(split_notes(split_pairs(settings)))
+    splits = split_pairs(build(DataSettings, {"train": str(path), "max_train_examples": None,
+                                              "validation_ratio": 0.34}, "data"))
+    notes = split_notes(splits)
+    assert notes[0] == "data: 6 train / 4 validation / 2 test examples"
+    assert "validation split has only 4 examples" in notes[1]
+
+
+def test_test_rows_seen_in_training_are_said(tmp_path):
+    from sftscope.data import split_notes
+
+    path = write_lines(tmp_path / "same.jsonl", [{"prompt": "the very same prompt", "completion": "joy"}] * 12)
+    splits = split_pairs(build(DataSettings, {"train": str(path), "max_train_examples": None}, "data"))
+    notes = " ".join(split_notes(splits))
+    assert "2 of 2 test examples repeat a training prompt" in notes and "validation examples repeat" in notes
+
+
 def test_embedded_emotions_data_set():
-    train, test = load_splits("emotions")
-    assert len(train) == 240 and len(test) == 60
+    train, validation, test = load_splits("emotions")
+    assert len(train) == 320 and len(validation) == 60 and len(test) == 60
     assert {p.response for p in train} == {"joy", "sadness", "anger", "fear", "surprise"}
     assert not {p.prompt for p in train} & {p.prompt for p in test}
 
@@ -102,7 +133,7 @@ LABELS = {
 def test_embedded_data_sets_have_three_disjoint_splits(name):
     assert name in EMBEDDED_DATASETS
     splits = {split: embedded_split(name, split) for split in ("train", "validation", "test")}
-    assert {split: len(pairs) for split, pairs in splits.items()} == {"train": 240, "validation": 60, "test": 60}
+    assert {split: len(pairs) for split, pairs in splits.items()} == {"train": 320, "validation": 60, "test": 60}
     for pairs in splits.values():
         assert {p.response for p in pairs} == LABELS[name]
         assert len({p.prompt for p in pairs}) == len(pairs)
@@ -112,7 +143,7 @@ def test_embedded_data_sets_have_three_disjoint_splits(name):
     assert not prompts["validation"] & prompts["test"]
     # Test labels are clean and balanced; train and validation carry some label noise.
     assert Counter(p.response for p in splits["test"]) == {label: 12 for label in LABELS[name]}
-    assert load_splits(name) == (splits["train"], splits["test"])
+    assert load_splits(name) == (splits["train"], splits["validation"], splits["test"])
 
 
 def test_unknown_embedded_data_set_or_split():
@@ -204,11 +235,12 @@ def test_only_multi_label_rows_means_no_examples(tmp_path):
 def test_split_pairs_reads_a_config_mapping():
     settings = build(DataSettings, {
         "train": str(DATA / "goemotions_train.tsv"), "prompt_column": 0, "response_column": 1,
-        "label_names": str(GO_LABELS), "multi_label": "join", "test_ratio": 0.25, "max_train_examples": None,
+        "label_names": str(GO_LABELS), "multi_label": "join", "test_ratio": 0.25, "validation_ratio": 0.25,
+        "max_train_examples": None,
     }, "data")
-    train, test = split_pairs(settings)
-    assert len(train) == 6 and len(test) == 2
-    assert set(train + test) == set(load_pairs(DATA / "goemotions_train.tsv", **{
+    train, validation, test = split_pairs(settings)
+    assert len(train) == 4 and len(validation) == 2 and len(test) == 2
+    assert set(train + validation + test) == set(load_pairs(DATA / "goemotions_train.tsv", **{
         "prompt_column": 0, "response_column": 1, "label_names": str(GO_LABELS), "multi_label": "join"}))
 
 

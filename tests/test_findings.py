@@ -92,11 +92,33 @@ def test_no_second_stage_or_no_removal_is_not_measurable():
     boundary = stage_boundary(never, StageRule("crossover"))
     assert boundary == 32
     table = findings(GOOD_TYPES, never, boundary, 32, GOOD_EMERGED, utility=GOOD_UTILITY, rule="crossover")
-    assert list(table["verdict"][[0, 2]]) == [UNMEASURABLE, UNMEASURABLE]
-    assert "does not end before the last checkpoint" in table["reason"][0]
+    assert table["verdict"][0] == UNMEASURABLE and "does not end before the last checkpoint" in table["reason"][0]
+    # finding 3 is measured there, and fails: a first stage that covers all of training is not short
+    assert table["verdict"][2] == FAILS and "stage 1 at most 25% of training fails" in table["reason"][2]
     nothing = flows(removed=[0] * 6, emerged=[0, 1, 2, 3, 4, 5])  # the old boundary 0 made finding 1 hold trivially
     table = findings(GOOD_TYPES, nothing, stage_boundary(nothing), 32, GOOD_EMERGED, utility=GOOD_UTILITY)
     assert table["verdict"][0] == UNMEASURABLE and "no interaction was removed" in table["reason"][0]
+
+
+def test_every_removal_at_the_last_checkpoint_makes_finding_3_fail():
+    late = flows(removed=[0, 0, 0, 0, 0, 7], emerged=[1, 1, 1, 1, 1, 1])
+    boundary = stage_boundary(late)  # cumulative: 90% of the removals first reached at the last checkpoint
+    assert boundary == 32
+    table = findings(GOOD_TYPES, late, boundary, 32, GOOD_EMERGED, utility=GOOD_UTILITY)
+    assert table["verdict"][2] == FAILS and "100%" in table["measured"][2]
+
+
+def test_findings_average_over_samples_not_over_split_means():
+    """Two train samples and one validation sample: the mean over the three, not the mean of the two split means."""
+    spec = {("t1", 0): {("AND", 1): 1.0, ("AND", 3): 0.5}, ("t1", 4): {("AND", 1): 1.0, ("AND", 3): 0.5},
+            ("t2", 0): {("AND", 1): 1.0, ("AND", 3): 0.5}, ("t2", 4): {("AND", 1): 1.0, ("AND", 3): 0.5}}
+    train = effects_frame(spec, split="train")
+    valid = effects_frame({("v", 0): {("AND", 1): 1.0}, ("v", 4): {("AND", 1): 1.0}}, split="validation")
+    per_sample = dynamics_table(pd.concat([train, valid], ignore_index=True))
+    pooled = summarize(per_sample, by_split=False).set_index(["step", "type"])
+    by_split = summarize(per_sample).groupby(["step", "type"])["count"].mean()
+    assert pooled.loc[(4, "preserved"), "count"] == pytest.approx(5 / 3)  # (2 + 2 + 1) / 3 samples
+    assert by_split.loc[(4, "preserved")] == pytest.approx(1.5)  # (2 + 1) / 2: what the findings used to read
 
 
 def test_without_a_baseline_r_gen_parts_are_not_measurable_never_failing():
@@ -153,13 +175,13 @@ def test_one_baseline_step_for_all_samples():
 def test_a_sample_that_never_encodes_anything_stays_in_every_table():
     spec = {("a", 0): {("AND", 1): 1.0}, ("a", 4): {("AND", 1): 1.0},
             ("quiet", 0): {}, ("quiet", 4): {}}
-    effects = effects_frame(spec, split="test", bias={"a": 0.3, "quiet": 2.0})
+    effects = effects_frame(spec, split="validation", bias={"a": 0.3, "quiet": 2.0})
     per_sample = dynamics_table(effects)
     quiet = per_sample[per_sample["sample"] == "quiet"]
     assert len(quiet) == 6 and (quiet["count"] == 0).all()  # 2 steps x 3 types
     assert summarize(per_sample).set_index(["step", "type"]).loc[(4, "preserved"), "count"] == 0.5
     types = final_types(effects, boundary=0)
-    assert ("test", "quiet") in types
+    assert ("validation", "quiet") in types
     expected = (math.log1p(math.exp(-1.3)) + math.log1p(math.exp(-2.0))) / 2  # a: 0.3 + 1.0; quiet: bias alone
     assert utilities(effects, types)["preserved"] == pytest.approx(expected)
 

@@ -64,10 +64,10 @@ def test_monitor_stops_by_eval_loss_early_stopping(setup):
     from sftscope.stopping import patience_pick
 
     config, model, tok = setup
-    config.learning_rate = 0.3  # large enough that the eval loss soon stops improving
+    config.learning_rate = 1.0  # large enough that the eval loss soon stops improving
     config.checkpoint_every = 1  # the trainer evaluates after every step
     config.max_steps = 10
-    monitor = InteractionMonitor(tok, PROBES, steps=range(11), n_players=3, stop_early=True, metric="eval_test_loss",
+    monitor = InteractionMonitor(tok, PROBES, steps=range(11), n_players=3, stop_early=True, metric="eval_validation_loss",
                                  stop_rule="eval_loss_patience_2")
     trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
     monitor.attach(trainer)
@@ -112,13 +112,13 @@ def test_monitor_names_a_missing_eval_metric(setup, caplog):
     with caplog.at_level("WARNING", logger="sftscope.monitor"):
         trainer.train()
     assert trainer.state.global_step == 6 and monitor.stopped_at is None
-    assert "no evaluation reported 'eval_loss'" in caplog.text and "eval_test_loss, eval_train_loss" in caplog.text
+    assert "no evaluation reported 'eval_loss'" in caplog.text and "eval_train_loss, eval_validation_loss" in caplog.text
 
 
 def test_monitor_logs_the_step_it_keeps(setup):
     config, model, tok = setup
-    config.learning_rate, config.checkpoint_every, config.max_steps = 0.3, 1, 10
-    monitor = InteractionMonitor(tok, PROBES, steps=[0], n_players=3, stop_early=True, metric="eval_test_loss",
+    config.learning_rate, config.checkpoint_every, config.max_steps = 1.0, 1, 10
+    monitor = InteractionMonitor(tok, PROBES, steps=[0], n_players=3, stop_early=True, metric="eval_validation_loss",
                                  stop_rule="eval_loss_patience_2")
     trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
     monitor.attach(trainer)
@@ -132,7 +132,7 @@ def test_the_default_rule_never_stops_and_keeps_the_last_step(setup):
 
     config, model, tok = setup
     config.checkpoint_every = 1
-    monitor = InteractionMonitor(tok, PROBES, steps=[0, 3, 6], n_players=3, stop_early=True, metric="eval_test_loss")
+    monitor = InteractionMonitor(tok, PROBES, steps=[0, 3, 6], n_players=3, stop_early=True, metric="eval_validation_loss")
     assert monitor.stop_rule == DEFAULT_RULE == "last"
     trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
     trainer.train()

@@ -87,12 +87,15 @@ def test_macro_f1_by_hand():
 
 
 def test_label_sets():
-    train = [Pair("a", "joy"), Pair("b", "anger")]
-    test = [Pair("c", "fear")]
-    assert label_set(train, test) == ["anger", "fear", "joy"]
-    assert label_set(train, test, limit=2) is None  # too many distinct responses: open-ended
-    assert label_set(train, test, labels=["joy", "anger", "fear", "love"]) == ["anger", "fear", "joy", "love"]
+    from sftscope.data import Splits
+
+    splits = Splits([Pair("a", "joy"), Pair("b", "anger")], [Pair("d", "surprise")], [Pair("c", "fear")])
+    assert label_set(splits) == ["anger", "fear", "joy", "surprise"]
+    assert label_set(splits, limit=3) is None  # too many distinct responses: open-ended
+    assert label_set(splits, labels=["joy", "anger", "fear", "surprise", "love"]) == ["anger", "fear", "joy", "love", "surprise"]
     with pytest.raises(SftscopeError, match="test example 0: response 'fear' is not in data.labels"):
-        label_set(train, test, labels=["joy", "anger"])
+        label_set(splits, labels=["joy", "anger", "surprise"])
+    with pytest.raises(SftscopeError, match="validation example 0: response 'surprise' is not in data.labels"):
+        label_set(splits, labels=["joy", "anger", "fear"])
     with pytest.raises(SftscopeError, match="not one of the labels"):
         score_split(None, None, [Pair("a", "love")], ["joy"])

@@ -11,6 +11,8 @@ import time
 import pandas as pd
 import pytest
 
+from sftscope.config import AnalysisSettings
+
 from sftscope.cli import main
 from sftscope.store import RunFolder, load_effects
 
@@ -260,7 +262,7 @@ CASES = [
     ("model folder with pytorch_model.bin only", pickled_model, "no *.safetensors weights (it has pytorch_model.bin"),
     ("a path typo without extension", path_typo_case, "data file not found"),
     ("a key given twice", yaml_case("batch_size: 2\nbatch_size: 4\n"), "key 'batch_size' is given twice"),
-    ("test_ratio 0.99", train_case(data={"test_ratio": 0.99}), "test_ratio 0.99 puts 4 of its 4 examples in the test"),
+    ("test_ratio 0.99", train_case(data={"test_ratio": 0.99}), "of its 4 examples, test_ratio 0.99 puts 4 in the test split"),
     ("output_dir: ~ (null)", raw_config_case("output_dir: ~\n"), "a bare ~ means null"),
     ("a huge value is not echoed whole", huge_value_case, "characters cut"),
     ("a 10 MB config file", yaml_case("a: " + "x" * 10_000_000 + "\n"), "a settings file is at most 1,000,000"),
@@ -356,7 +358,10 @@ def test_changed_settings_never_reuse_earlier_numbers(tiny_run, tmp_path, capsys
     assert (second["settings"]["n_players"], second["settings"]["samples_per_split"]) == (3, 2)
     manifest = json.loads(RunFolder(run).manifest.read_text())["complete_units"]
     effects = load_effects(run, [RunFolder(run).unit(u["model"], u["step"], u["sample"]) for u in manifest])
-    assert effects["sample"].nunique() == 4 and effects["order"].max() <= 3  # 2 per split, 3 players: new units
+    per_split = effects.groupby("split")["sample"].nunique().to_dict()  # 2 per task split, 3 players: new units
+    # (the tiny run has one validation example)
+    assert per_split == {"train": 2, "validation": 1, "general": AnalysisSettings().general_samples}
+    assert effects["order"].max() <= 3
     assert second["checkpoints"] == first["checkpoints"]
     # a retrained checkpoint (new adapter weights) is recomputed; the others are not
     from safetensors.torch import load_file, save_file

@@ -74,7 +74,7 @@ def test_tiny_run_makes_exactly_the_scheduled_checkpoints(tmp_path, tiny_data, t
         assert "adapter_model.safetensors" in names and not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
     losses = read_losses(run)
     assert [r["step"] for r in losses] == [0, 1, 2, 4, 6]
-    assert all("train_loss" in r and "test_loss" in r for r in losses)
+    assert all("train_loss" in r and "validation_loss" in r and "test_loss" not in r for r in losses)  # test: unseen
     assert losses[-1]["train_loss"] < losses[0]["train_loss"]
     # step 0 is the untouched model; the last checkpoint changes the outputs
     ids = torch.tensor([[5, 6, 7, 8]])
@@ -113,7 +113,8 @@ def write_parquet_fixture(path):
 
 
 FORMATS = {
-    "dolly-15k jsonl": lambda tmp: {"train": str(DATA / "dolly.jsonl"), "test_ratio": 0.5},
+    "dolly-15k jsonl": lambda tmp: {"train": str(DATA / "dolly.jsonl"), "test": str(DATA / "dolly.jsonl"),
+                                    "validation_ratio": 0.5},  # two rows: one to train on, one to validate
     "goemotions tsv + label list": lambda tmp: {"train": str(DATA / "goemotions_train.tsv"), "prompt_column": 0,
                                                 "response_column": 1, "label_names": str(DATA / "goemotions_emotions.txt"),
                                                 "test_ratio": 0.3},

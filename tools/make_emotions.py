@@ -2,11 +2,14 @@
 
 Short first-person comments, each with one of five emotions, composed from
 hand-written events, openers and endings, seeded so the files are reproducible:
-240 train, 60 validation and 60 test comments (48/12/12 per label). The three
+320 train, 60 validation and 60 test comments (64/12/12 per label). The three
 splits share no event, opener or ending; train and validation labels are noisy
 (15% flipped to another label, like annotator disagreement), test labels are clean.
 Validation is built last from its own material and its own random stream, so the
-train and test files are the same as before it existed.
+train and test files are the same as before it existed; the last 80 training
+comments (unused combinations of the training material, their own random stream)
+were appended for the stopping benchmark's 256-example runs, so the first 240
+lines are unchanged too.
 
     python tools/make_emotions.py
 """
@@ -143,10 +146,28 @@ def validation_rows() -> tuple[list[dict], int]:
     return rows, len(noisy)
 
 
+APPENDED_PER_LABEL = 16
+
+
+def appended_train_rows(unused: dict[str, list], labels: list[str]) -> list[dict]:
+    """16 more training comments per label from unused training combinations, 15% noisy (own seed)."""
+    rng = random.Random(2028)
+    rows = []
+    for label in sorted(unused):
+        combos = list(unused[label])
+        rng.shuffle(combos)
+        rows += [{"prompt": compose(*combo), "completion": label} for combo in combos[:APPENDED_PER_LABEL]]
+    for index in rng.sample(range(len(rows)), round(0.15 * len(rows))):
+        rows[index]["completion"] = rng.choice([label for label in labels if label != rows[index]["completion"]])
+    rng.shuffle(rows)
+    return rows
+
+
 def main() -> None:
     """The splits share no event, opener or ending: test needs generalisation, not recall."""
     rng = random.Random(2026)
     splits = {"train": [], "test": []}
+    unused = {}  # label -> training combinations not drawn: material for the appended rows
     for label, events in EVENTS.items():
         ev, op, en = list(events), list(OPENERS[label]), list(ENDINGS[label])
         for items in (ev, op, en):
@@ -157,6 +178,8 @@ def main() -> None:
             rng.shuffle(combos)
             for combo in combos[:count]:
                 splits[split].append({"prompt": compose(*combo), "completion": label})
+            if split == "train":
+                unused[label] = combos[count:]
     # Like GoEmotions, the training labels are noisy: annotators disagree. 15% of the
     # training comments carry another label; the test labels are clean. Memorising the
     # noisy ones is the overfitting SFT runs into.
@@ -169,6 +192,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in splits.items():
         rng.shuffle(rows)
+    splits["train"] += appended_train_rows(unused, labels)
+    for name, rows in splits.items():
         with open(out / f"emotions_{name}.jsonl", "w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")

@@ -2,8 +2,11 @@
 
 Short customer-support messages, each routed to one of five teams (billing,
 shipping, technical, account, returns), composed from a hand-written opener, a
-concrete issue and a closing, seeded so the files are reproducible: 240 train,
-60 validation and 60 test messages (48/12/12 per team). The three splits share
+concrete issue and a closing, seeded so the files are reproducible: 320 train,
+60 validation and 60 test messages (64/12/12 per team; the last 80 training
+messages, unused combinations of the training material with their own random
+stream, were appended for the stopping benchmark's 256-example runs, so the
+first 240 lines are what they were). The three splits share
 no issue, opener or closing. Some issues honestly touch two teams (a refund for a
 returned item, a login problem after an app update), as real tickets do. Train
 and validation labels are noisy (12% routed to another team, like agents who
@@ -168,11 +171,36 @@ def check_material() -> None:
         assert len(ISSUES[label]) == 16 and len(OPENERS[label]) == 9 and len(CLOSINGS[label]) == 9, label
 
 
+def checked(text: str) -> str:
+    n_words, n_content = len(WORD_PATTERN.findall(text)), len(content_words(text))
+    assert n_words <= 35 and n_content >= 8, f"{n_words} words, {n_content} content words: {text}"
+    return text
+
+
+APPENDED_PER_TEAM = 16
+
+
+def appended_train_rows(unused: dict[str, list], labels: list[str]) -> list[dict]:
+    """16 more training messages per team from unused training combinations, 12% noisy (own seed)."""
+    rng = random.Random(2032)
+    rows = []
+    for label in sorted(unused):
+        combos = list(unused[label])
+        rng.shuffle(combos)
+        rows += [{"prompt": PROMPT.format(text=checked(compose(*combo))), "completion": label}
+                 for combo in combos[:APPENDED_PER_TEAM]]
+    for index in rng.sample(range(len(rows)), round(NOISE["train"] * len(rows))):
+        rows[index]["completion"] = rng.choice([label for label in labels if label != rows[index]["completion"]])
+    rng.shuffle(rows)
+    return rows
+
+
 def main() -> None:
     """Each split gets its own issues, openers and closings: test needs generalisation, not recall."""
     check_material()
     rng = random.Random(2031)
     splits = {split: [] for split in SIZES}
+    unused = {}  # team -> training combinations not drawn: material for the appended rows
     for label, issues in ISSUES.items():
         iss, op, cl = list(issues), list(OPENERS[label]), list(CLOSINGS[label])
         for items in (iss, op, cl):
@@ -183,10 +211,9 @@ def main() -> None:
             combos = [(o, i, c) for o in openers for i in issues_ for c in closings]
             rng.shuffle(combos)
             for combo in combos[: SIZES[split]]:
-                text = compose(*combo)
-                n_words, n_content = len(WORD_PATTERN.findall(text)), len(content_words(text))
-                assert n_words <= 35 and n_content >= 8, f"{n_words} words, {n_content} content words: {text}"
-                splits[split].append({"prompt": PROMPT.format(text=text), "completion": label})
+                splits[split].append({"prompt": PROMPT.format(text=checked(compose(*combo))), "completion": label})
+            if split == "train":
+                unused[label] = combos[SIZES[split]:]
     prompts = [row["prompt"] for rows in splits.values() for row in rows]
     assert len(prompts) == len(set(prompts)), "a message appears twice"
     # Like real routing logs, the training (and validation) labels are noisy: agents
@@ -202,6 +229,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
         rng.shuffle(rows)
+    splits["train"] += appended_train_rows(unused, labels)
+    prompts = [row["prompt"] for rows in splits.values() for row in rows]
+    assert len(prompts) == len(set(prompts)), "a message appears twice"
+    for split, rows in splits.items():
         with open(out / f"tickets_{split}.jsonl", "w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")

@@ -1,4 +1,4 @@
-"""The steps of an analysis: probes, extraction and task quality at every checkpoint (resumable), the summary.
+"""The steps of an analysis: probes, extraction, task quality and drift at every checkpoint (resumable), the summary.
 
 The run folder's layout is in ``store.py``. A result is reused only when it
 was computed from today's inputs (``jobs.py``), so an interrupted analysis
@@ -14,12 +14,18 @@ from typing import Callable
 
 from .config import AnalysisSettings, load_trained_config
 from .console import attach_log_file
-from .data import split_pairs
+from .data import split_notes, split_pairs
+from .drift import load_general_set
+from .drift_jobs import DriftTask, base_answers, drift_model, drift_run, resolve_dtype
 from .errors import SftscopeError
-from .jobs import ModelWork, QualityTask, current_units, extract_run
-from .probes import check_probe_words, choose_probes, load_probes, probe_inputs, save_probes, stored_probe_inputs
+from .jobs import ModelWork, QualityTask, current_units, extract_run, pinned_threads
+from .probes import (
+    TASK_SPLITS, check_probe_words, choose_probes, draw_general, load_probes, probe_inputs, save_probes,
+    stored_probe_inputs,
+)
 from .quality import MAX_LABELS, label_set
-from .store import MARKER, JobFolder, RunFolder, changed_keys, refuse_links, remove_leftovers, run_lock
+from .stopping import labels_needed
+from .store import MARKER, JobFolder, RunFolder, changed_keys, read_losses, refuse_links, remove_leftovers, run_lock
 from .summary import summarize_run
 
 
@@ -53,44 +59,72 @@ def analyze(
         raise SftscopeError(f"{run_dir} is not an sftscope run folder (no {MARKER}): train into it first")
     refuse_links(folder.root)
     config = load_trained_config(folder.config)
-    train, test = split_pairs(config.data)
-    check_probe_words(train, test, settings)  # before any model is loaded
-    with run_lock(folder.root):
+    check_validation_losses(folder)
+    splits = split_pairs(config.data)
+    train, validation, test = splits
+    check_probe_words(train, validation, settings)  # before any model is loaded
+    labels = label_set(splits, config.data.labels)
+    if labels is None and labels_needed(settings.stop_rule):
+        raise SftscopeError(f"analysis.stop_rule {settings.stop_rule} decides on validation accuracy, but this run's "
+                            f"responses are open-ended (more than {MAX_LABELS} distinct): choose a rule on the loss, "
+                            "e.g. best_eval_loss, or name the label set in data.labels")
+    general = load_general_set(settings.general_prompts, settings.drift_limit) if settings.drift else None
+    # every forward pass on one thread count, whatever this process started with (see pinned_threads)
+    with run_lock(folder.root), pinned_threads(settings.threads):
         attach_log_file(folder.log)
         # 1. a killed writer's temporary files go (we hold the lock)
         remove_leftovers(folder.analysis)
+        if say:
+            for note in split_notes(splits):
+                say(note)
+            if labels is None:
+                say(f"task quality: more than {MAX_LABELS} distinct responses, scored as open-ended (no accuracy); "
+                    "data.labels names a closed label set")
+            if not settings.drift:
+                say("drift: off (analysis.drift: false)")
 
-        # 2. probes: drawn once, players chosen on the model before SFT, frozen while their inputs hold
+        # 2. the base model, and its answers to the general prompts (drift's reference; the general probes' targets)
         model_name = _model_ref(config.model)
         base, tokenizer = load_model_and_tokenizer(config.model, dtype=settings.dtype)
-        inputs = probe_inputs(model=model_name, train=train, test=test, count=settings.samples_per_split,
-                              n_players=settings.n_players, seed=settings.seed)
+        drift_task = reference = drifting = None
+        if general is not None:
+            drift_task = DriftTask(general, None if labels is None else tuple(labels),
+                                   resolve_dtype(settings.drift_dtype, base))
+            drifting = drift_model(base, drift_task.dtype)
+            reference = base_answers(folder, drifting, tokenizer, drift_task, model_name, progress=progress, say=say)
+        general_draw = [] if reference is None or not settings.general_samples else draw_general(
+            list(general.prompts), reference["texts"], settings.general_samples, settings.n_players, settings.seed)
+
+        # 3. probes: drawn once, players chosen on the model before SFT, frozen while their inputs hold
+        inputs = probe_inputs(model=model_name, train=train, validation=validation, count=settings.samples_per_split,
+                              n_players=settings.n_players, seed=settings.seed, general=general_draw)
         stored = stored_probe_inputs(folder.probes)
         if stored == inputs:
             probes = load_probes(folder.probes)
         else:
             if folder.probes.exists() and say:
                 say(f"probes drawn again: {', '.join(changed_keys(stored, inputs))} changed")
-            probes = choose_probes(base, tokenizer, train, test, count=settings.samples_per_split,
-                                   n_players=settings.n_players, seed=settings.seed, allow_fewer=settings.allow_fewer)
+            probes = choose_probes(base, tokenizer, train, validation, count=settings.samples_per_split,
+                                   n_players=settings.n_players, seed=settings.seed, allow_fewer=settings.allow_fewer,
+                                   general=general_draw)
             save_probes(folder.probes, probes, inputs)
 
-        # 3. what to compute: every target checkpoint (interactions and task quality), the baseline's chosen one
-        labels = label_set(train, test, config.data.labels)
-        if labels is None and say:
-            say(f"task quality: more than {MAX_LABELS} distinct responses, scored as open-ended (no accuracy); "
-                "data.labels names a closed label set")
-        quality = QualityTask(tuple(test), None if labels is None else tuple(labels), settings.dtype)
+        # 4. what to compute: every target checkpoint (interactions, quality on validation and test), the baseline's
+        closed = None if labels is None else tuple(labels)
+        quality = tuple(QualityTask(tuple(pairs), closed, settings.dtype, split)
+                        for split, pairs in (("validation", validation), ("test", test)))
         work = [ModelWork("target", model_name, folder.checkpoints(), quality)]
         if baseline_run is not None:
-            baseline = RunFolder(baseline_run)
+            baseline = RunFolder(Path(baseline_run).expanduser())
             ckpts = baseline.checkpoints()
             step = max(ckpts) if settings.baseline_step is None else settings.baseline_step
             if step not in ckpts:
                 raise SftscopeError(f"{baseline_run}: no checkpoint at step {step} (it has {sorted(ckpts)})")
-            work.append(ModelWork("baseline", _model_ref(load_trained_config(baseline.config).model), {step: ckpts[step]}))
+            # the baseline stands for generalizability of the task's interactions: task probes only
+            work.append(ModelWork("baseline", _model_ref(load_trained_config(baseline.config).model), {step: ckpts[step]},
+                                  splits=TASK_SPLITS))
 
-        # 4. the missing or stale results, here or on a Ray cluster
+        # 5. the missing or stale results, here or on a Ray cluster
         if ray_address is not None:
             from .distributed import extract_with_ray  # noqa: PLC0415
 
@@ -100,14 +134,28 @@ def analyze(
             for item in work:
                 model, tok = (base, tokenizer) if item.label == "target" else load_model_and_tokenizer(item.name, dtype=settings.dtype)
                 extract_run(folder.root, model_label=item.label, model_name=item.name, base_model=model,
-                            tokenizer=tok, checkpoints=item.checkpoints, probes=probes, settings=settings,
+                            tokenizer=tok, checkpoints=item.checkpoints, probes=item.own(probes), settings=settings,
                             quality=item.quality, progress=progress, say=say)
 
-        # 5. dynamics, boundary, findings, quality and stopping rules, written next to the effects
-        units = [u for item in work for u in current_units(folder.root, item.label, item.checkpoints, probes)]
+        # 6. drift at every target checkpoint, in one pass (here: it holds every checkpoint's adapter at once)
+        if drift_task is not None:
+            drift_run(folder, drifting, tokenizer, model_name, work[0].checkpoints, drift_task, reference,
+                      progress=progress, say=say)
+
+        # 7. dynamics, boundary, findings, quality, drift and stopping rules, written next to the effects
+        units = [u for item in work for u in current_units(folder.root, item.label, item.checkpoints, item.own(probes))]
         fewer = {p.sample: len(p.players) for p in probes if len(p.players) < settings.n_players}
         return summarize_run(folder.root, settings, units=units, steps=list(work[0].checkpoints), labels=labels,
-                             extra={"probes_with_fewer_players": fewer})
+                             extra={"probes_with_fewer_players": fewer, "splits": {k: len(v) for k, v in splits._asdict().items()},
+                                    "data_notes": split_notes(splits)[1:], "drift_dtype": drift_task and drift_task.dtype})
+
+
+def check_validation_losses(folder: RunFolder) -> None:
+    """A run trained before sftscope kept a validation split has no validation loss: its rules would see the test split."""
+    rows = read_losses(folder.root)
+    if rows and "validation_loss" not in rows[0] and "test_loss" in rows[0]:
+        raise SftscopeError(f"{folder.root} was trained by sftscope 0.2, which had no validation split (its rules saw "
+                            "the test loss): train it again into a new folder to analyse it")
 
 
 def _model_ref(name: str) -> str:

@@ -135,16 +135,22 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _print_answer(summary: dict) -> None:
-    from .report import headline  # noqa: PLC0415
+    from .headline import headline, pct  # noqa: PLC0415
     from .stopping import benchmark_record  # noqa: PLC0415
 
     for line in headline(summary, benchmark_record()):
         print(line)
-    print("rule                      keeps step  test accuracy  compute fraction")
+    print("rule                      keeps step  validation acc  test acc     KL  knowledge  compute")
     for name, row in summary["rules"].items():
-        if name != "recommended":
-            accuracy = "n/a" if row["accuracy"] is None else f"{100 * row['accuracy']:.0f}%"
-            print(f"  {name:<24}{row['step']:>9}  {accuracy:>13}  {row['compute_fraction']:>16.2f}")
+        if name == "recommended":
+            continue
+        if row["step"] is None:
+            print(f"  {name:<24}does not apply ({row.get('not_applicable')})")
+            continue
+        kl = "n/a" if row.get("kl") is None else f"{row['kl']:.2f}"
+        know = "n/a" if row.get("knowledge_change") is None else f"{100 * row['knowledge_change']:+.1f}"
+        print(f"  {name:<24}{row['step']:>9}  {pct(row.get('validation_accuracy')):>14}  {pct(row['accuracy']):>8}"
+              f"  {kl:>5}  {know:>9}  {row['compute_fraction']:>7.2f}")
     for row in summary["findings"]:
         reason = f" ({row['reason']})" if row.get("reason") else ""
         print(f"  [{row['verdict']}] {row['finding']}: {row['measured']}{reason}")

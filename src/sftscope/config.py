@@ -37,7 +37,10 @@ class LoraSettings:
 class DataSettings:
     """Where the pairs come from and how a record becomes one (``docs/data.md``).
 
-    ``train='emotions'`` is the shipped data set; ``emotions:validation`` one of its splits.
+    ``train='emotions'`` is the shipped data set (its own train, validation and
+    test splits); ``emotions:validation`` one of its splits. Otherwise the test
+    and validation splits come from ``test`` and ``validation`` sources, or are
+    drawn (seeded) from ``train``.
     Without a column mapping the format is recognised (alpaca, Dolly, messages,
     prompt-completion; CSV/TSV need ``text`` and ``label`` columns). A mapping
     (``prompt_column`` or ``template``, ``response_column``, ``system_column``)
@@ -47,7 +50,9 @@ class DataSettings:
 
     train: str = "emotions"
     test: str | None = None
+    validation: str | None = None  # the split the stopping rules decide on; default: drawn from train
     test_ratio: float = 0.2
+    validation_ratio: float = 0.2  # of the train source, when data.validation is not given (sizes equal to test's)
     seed: int = 0
     max_train_examples: int | None = 64
     max_test_examples: int | None = None
@@ -105,6 +110,13 @@ class AnalysisSettings:
     stop_rule: str = "last"  # the recommended checkpoint's rule (stopping.DEFAULT_RULE: the benchmark's winner)
     dtype: str = "float32"  # of the model during extraction and scoring; bfloat16 halves memory on a GPU
     threads: int = 2  # CPU threads of every extraction and scoring job, serial or on Ray (one count: identical rows)
+    drift: bool = True  # general-capability drift at every checkpoint (KL, general text, knowledge, format)
+    general_prompts: str | None = None  # your own general prompts (JSONL, {"prompt": ...} per line); default: shipped
+    general_samples: int = 4  # general prompts analysed for interactions at every checkpoint (the "general" split)
+    drift_dtype: str = "auto"  # bfloat16 where native (3x faster on such CPUs), else float32; or name one
+    drift_limit: int | None = None  # N prompts, passages and items, evenly spread over the general set (cheaper, noisier)
+    max_knowledge_drop: float = 0.05  # best_within_drift: the knowledge accuracy a checkpoint may lose (points / 100)
+    max_format_drift: float = 0.10  # best_within_drift: the share of general prompts it may answer with a task label
 
 
 @dataclass
@@ -191,6 +203,7 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 DTYPES = ("float32", "bfloat16", "float16")
 STOP_RULES = ("cumulative", "crossover", "cumulative_live", "emergence_rho", "probe_utility_patience",
               "boundary_then_eval_loss", "eval_loss_patience_1", "eval_loss_patience_2", "eval_accuracy_patience_2",
+              "best_eval_loss", "best_eval_accuracy", "best_within_drift",
               "last")  # stopping.standard_rules (a test keeps the two lists equal)
 
 
@@ -251,6 +264,7 @@ def check(settings, where: str) -> None:
         need(0 <= settings.dropout < 1, "dropout", "must be in [0, 1)")
     elif isinstance(settings, DataSettings):
         need(0 < settings.test_ratio < 1, "test_ratio", "must be in (0, 1)")
+        need(0 < settings.validation_ratio < 1, "validation_ratio", "must be in (0, 1)")
         need(settings.seed >= 0, "seed", "must be 0 or more")
         need(settings.labels is None or len(settings.labels) > 0, "labels", "must list the labels (or be null: the "
              "distinct responses)")
@@ -294,6 +308,13 @@ def check(settings, where: str) -> None:
         need(settings.baseline_step is None or settings.baseline_step >= 0, "baseline_step", "must be a step (>= 0)")
         need(settings.batch_samples >= 1, "batch_samples", "must be at least 1")
         need(1 <= settings.threads <= 1024, "threads", "must be at least 1")
+        need(settings.general_samples >= 0, "general_samples", "must be 0 or more")
+        need(settings.drift_limit is None or settings.drift_limit >= 4, "drift_limit", "must be at least 4 (or null: all)")
+        need(not (settings.stop_rule == "best_within_drift" and not settings.drift), "stop_rule",
+             "best_within_drift needs drift (analysis.drift: true)")
+        need(settings.drift_dtype in ("auto", *DTYPES), "drift_dtype", f"must be auto or one of {', '.join(DTYPES)}")
+        need(0 <= settings.max_knowledge_drop <= 1, "max_knowledge_drop", "must be in [0, 1]")
+        need(0 <= settings.max_format_drift <= 1, "max_format_drift", "must be in [0, 1]")
         need(settings.stop_rule in STOP_RULES, "stop_rule", f"must be one of {', '.join(STOP_RULES)}")
         need(settings.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
 

@@ -27,7 +27,7 @@ import unicodedata
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from .config import DataSettings
 from .errors import SftscopeError
@@ -420,10 +420,10 @@ def read_jsonl(path: str | Path, **options) -> list[Pair]:
     """Read a JSONL file in any supported form, or through a column mapping; a bad line names file and line."""
     path = _existing(path)
     mapping = ColumnMapping(**options)
-    return _collect(str(path), _jsonl_records(path), mapping)
+    return _collect(str(path), jsonl_records(path), mapping)
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
+def jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
     """Each non-blank line's JSON value, read in binary so that a bad byte or an over-long line has its number."""
     try:
         handle = path.open("rb")
@@ -609,35 +609,69 @@ def _load_hub(name: str, split: str = "train", **options) -> list[Pair]:
     return _collect(name, ((f"{name}: row {i}", dict(row)) for i, row in enumerate(rows, start=1)), mapping)
 
 
+class Splits(NamedTuple):
+    """The three splits of a run: train (the weights see it), validation (the stopping rules see it), test
+    (only the report sees it: it judges what the rules chose)."""
+
+    train: list[Pair]
+    validation: list[Pair]
+    test: list[Pair]
+
+    def sizes(self) -> str:
+        return f"{len(self.train)} train / {len(self.validation)} validation / {len(self.test)} test examples"
+
+
+FEW_VALIDATION = 30  # below this an accuracy moves in steps of more than 3 points: said with the split sizes
+
+
 def load_splits(
     train: str | Path,
     test: str | Path | None = None,
+    validation: str | Path | None = None,
     *,
     test_ratio: float = 0.2,
+    validation_ratio: float = 0.2,
     seed: int = 0,
     **options,
-) -> tuple[list[Pair], list[Pair]]:
-    """Train and test pairs: from two sources, from an embedded set, or one source split by ratio."""
+) -> Splits:
+    """Train, validation and test pairs: a shipped set's own splits, separate sources, or seeded splits of ``train``.
+
+    A split that has no source of its own is drawn from the shuffled ``train``
+    source: first the test split (``test_ratio`` of it), then the validation
+    split (``validation_ratio`` of it); the rest is for training.
+    """
     if str(train) in EMBEDDED_DATASETS:
-        if test is not None:
-            raise SftscopeError(f"data.train {train!r} names both splits of a shipped data set, so data.test "
-                                f"{test!r} would be ignored: use data.train: {train}:train")
-        return embedded_split(str(train), "train"), embedded_split(str(train), "test")
+        for key, value in (("test", test), ("validation", validation)):
+            if value is not None:
+                raise SftscopeError(f"data.train {train!r} names every split of a shipped data set, so data.{key} "
+                                    f"{value!r} would be ignored: use data.train: {train}:train")
+        return Splits(*(embedded_split(str(train), split) for split in ("train", "validation", "test")))
     pairs = load_pairs(train, **options)
-    if test is not None:
-        return pairs, load_pairs(test, **options)
-    if not 0 < test_ratio < 1:
-        raise SftscopeError(f"test_ratio must be in (0, 1), got {test_ratio}")
+    drawn = {"test": (test, test_ratio), "validation": (validation, validation_ratio)}
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
-    n_test = max(1, round(len(pairs) * test_ratio))
-    if n_test >= len(pairs):
+    taken: dict[str, list[int]] = {}
+    start = 0
+    for split, (source, ratio) in drawn.items():
+        if source is None:
+            if not 0 < ratio < 1:
+                raise SftscopeError(f"{split}_ratio must be in (0, 1), got {ratio}")
+            count = min(max(1, round(len(pairs) * ratio)), len(pairs) - start)
+            taken[split] = order[start : start + count]
+            start += count
+    if start >= len(pairs):
         if len(pairs) >= 2:
-            raise SftscopeError(f"{train}: test_ratio {test_ratio} puts {n_test} of its {len(pairs)} examples in the test "
-                                "split and leaves none to train on: lower test_ratio")
-        raise SftscopeError(f"{train}: {len(pairs)} example is too few to split into train and test")
-    test_idx = set(order[:n_test])
-    return [p for i, p in enumerate(pairs) if i not in test_idx], [p for i, p in enumerate(pairs) if i in test_idx]
+            clauses = " and ".join(f"{split}_ratio {drawn[split][1]} puts {len(indices)} in the {split} split"
+                                   for split, indices in taken.items())
+            raise SftscopeError(f"{train}: of its {len(pairs)} examples, {clauses}, leaving none to train on: "
+                                "lower the ratio")
+        raise SftscopeError(f"{train}: {len(pairs)} example is too few to split into train, validation and test")
+    held = {i for indices in taken.values() for i in indices}
+    splits = {split: [pairs[i] for i in sorted(indices)] for split, indices in taken.items()}
+    for split, (source, _) in drawn.items():
+        if source is not None:
+            splits[split] = load_pairs(source, **options)
+    return Splits([p for i, p in enumerate(pairs) if i not in held], splits["validation"], splits["test"])
 
 
 def mapping_options(settings: DataSettings) -> dict:
@@ -646,18 +680,34 @@ def mapping_options(settings: DataSettings) -> dict:
     return {key: getattr(settings, key) for key in keys}
 
 
-def split_pairs(settings: DataSettings) -> tuple[list[Pair], list[Pair]]:
-    """The train and test pairs a config describes, truncated to its example limits."""
-    train, test = load_splits(
-        settings.train, settings.test, test_ratio=settings.test_ratio, seed=settings.seed, **mapping_options(settings)
-    )
+def split_pairs(settings: DataSettings) -> Splits:
+    """The train, validation and test pairs a config describes, truncated to its example limits."""
+    splits = load_splits(settings.train, settings.test, settings.validation, test_ratio=settings.test_ratio,
+                         validation_ratio=settings.validation_ratio, seed=settings.seed, **mapping_options(settings))
+    train, validation, test = splits
     if settings.max_train_examples:
         train = train[: settings.max_train_examples]
     if settings.max_test_examples:
         test = test[: settings.max_test_examples]
-    if not train or not test:
-        raise SftscopeError("empty split: both train and test need examples")
-    return train, test
+    if not train or not test or not validation:
+        raise SftscopeError("empty split: train, validation and test all need examples")
+    return Splits(train, validation, test)
+
+
+def split_notes(splits: Splits) -> list[str]:
+    """What a user should know about the splits: their sizes, a small validation split, test rows seen in training."""
+    notes = [f"data: {splits.sizes()}"]
+    if len(splits.validation) < FEW_VALIDATION:
+        notes.append(f"data: the validation split has only {len(splits.validation)} examples, so its accuracy moves in "
+                     f"steps of {100 / len(splits.validation):.0f} points and the stopping rules decide on noise; "
+                     "give more (data.validation_ratio, data.validation)")
+    seen = {p.prompt for p in splits.train}
+    for split in ("validation", "test"):
+        repeated = sum(p.prompt in seen for p in getattr(splits, split))
+        if repeated:
+            notes.append(f"data: {repeated} of {len(getattr(splits, split))} {split} examples repeat a training prompt: "
+                         f"{split} accuracy partly measures recall, not generalisation")
+    return notes
 
 
 def plain_prompt(pair: Pair) -> str:

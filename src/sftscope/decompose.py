@@ -180,6 +180,9 @@ class AndOrDecomposition:
         return sorted(found, key=lambda it: (-abs(it.effect), it.kind, it.mask))
 
 
+SALIENCE_TOLERANCE = 1e-9  # relative: far below any effect's float error, far above the rounding of tau * max
+
+
 def salience_threshold(
     own_max: float, tau: float, *, reference_max: float | None = None, absolute: float | None = None
 ) -> float:
@@ -189,8 +192,9 @@ def salience_threshold(
     if not 0 < tau <= 1:
         raise SftscopeError(f"tau must be in (0, 1], got {tau}")
     base = own_max if reference_max is None else reference_max
-    # A game with no interaction at all encodes nothing.
-    return tau * base if base > 0 else math.inf
+    # A game with no interaction at all encodes nothing. An effect equal to tau * max in exact decimals
+    # (0.15 against 0.05 * 3.0 = 0.15000000000000002) counts: the threshold is lowered by a relative 1e-9.
+    return tau * base * (1 - SALIENCE_TOLERANCE) if base > 0 else math.inf
 
 
 # --------------------------------------------------------------------------- solver

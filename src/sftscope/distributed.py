@@ -85,7 +85,7 @@ def extract_with_ray(
     jobs, qualities = [], {}
     for work in units:
         plan = plan_jobs(run_dir, model_label=work.label, model_name=work.name, checkpoints=work.checkpoints,
-                         probes=probes, settings=settings, samples_per_job=samples_per_job, quality=work.quality)
+                         probes=work.own(probes), settings=settings, samples_per_job=samples_per_job, quality=work.quality)
         note = explain(plan, work.label)
         if note:
             (say or log.warning)(note)

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .decompose import SALIENCE_TOLERANCE
 from .errors import SftscopeError
 
 Key = tuple[str, int]  # (kind, bitmask)
@@ -57,7 +58,8 @@ def encoded(
     else:
         raise SftscopeError(f"unknown salience mode {mode!r}: use relative, initial or absolute")
     if mode != "absolute":
-        threshold = threshold.where(threshold > 0, np.inf)  # no interaction at all: nothing is encoded
+        # no interaction at all: nothing is encoded; exact decimal ties count (decompose.SALIENCE_TOLERANCE)
+        threshold = threshold.where(threshold > 0, np.inf) * (1 - SALIENCE_TOLERANCE)
     kept = inter[(inter["abs"] >= threshold) & (inter["abs"] > 0)]
     return kept.drop(columns="abs")
 
@@ -246,10 +248,12 @@ def baseline_sets(effects, enc, baseline_model, baseline_step) -> dict[tuple, di
     return {key: per_step[step] for key, per_step in sample_omegas(effects, enc, baseline_model, [step]).items()}
 
 
-def summarize(per_sample: pd.DataFrame) -> pd.DataFrame:
-    """Average the per-sample table over samples (per split, step and type)."""
+def summarize(per_sample: pd.DataFrame, *, by_split: bool = True) -> pd.DataFrame:
+    """Average the per-sample table over samples: per split, step and type, or (``by_split=False``) over every
+    sample at once, so that each sample weighs the same whichever split it is in."""
     numeric = ["count", "strength", "mean_order", "rho", "avg_contribution", "r_gen", "r_gen_weighted"]
-    return per_sample.groupby(["split", "step", "type"], as_index=False)[numeric].mean()
+    keys = ["split", "step", "type"] if by_split else ["step", "type"]
+    return per_sample.groupby(keys, as_index=False)[numeric].mean()
 
 
 def order_table(effects: pd.DataFrame, **options) -> pd.DataFrame:
@@ -321,7 +325,7 @@ def interval_flows(effects: pd.DataFrame, **options) -> pd.DataFrame:
     return frame
 
 
-def probe_utility(effects: pd.DataFrame, *, split: str = "test", **options) -> pd.Series:
+def probe_utility(effects: pd.DataFrame, *, split: str = "validation", **options) -> pd.Series:
     """Per step: mean over the split's samples of -log sigmoid(bias + sum of its salient interactions) (Eq. 11).
 
     A sample with no salient interaction at a step is scored on its bias alone.

@@ -38,16 +38,21 @@ class Job:
     checkpoint: str
     samples: tuple[str, ...]
     checkpoint_digest: str = ""
-    quality: bool = False  # also score the checkpoint on the quality split
+    quality: tuple[str, ...] = ()  # also score the checkpoint on these splits (validation, test)
 
 
 @dataclass(frozen=True)
 class QualityTask:
-    """What a checkpoint's task quality is measured on: the whole test split and its label set (None: open)."""
+    """What a checkpoint's task quality is measured on: one whole split and the label set (None: open-ended).
+
+    The target is scored on ``validation`` (what the stopping rules see) and
+    on ``test`` (what the report shows and no rule sees).
+    """
 
     pairs: tuple[Pair, ...]
     labels: tuple[str, ...] | None
     dtype: str = "float32"
+    split: str = "test"
 
     def inputs(self, model_name: str, checkpoint: str) -> dict:
         return as_stored({"checkpoint": checkpoint, "model": model_name, "labels": self.labels, "dtype": self.dtype,
@@ -72,12 +77,17 @@ def expected_inputs(model_name: str, checkpoint: str, probe: Probe, settings: An
 
 @dataclass(frozen=True)
 class ModelWork:
-    """One model's share of an analysis: its label, its name or path, its checkpoints, and the quality task."""
+    """One model's share of an analysis: its label, its name or path, its checkpoints, and the quality tasks."""
 
     label: str
     name: str
     checkpoints: dict[int, Path]
-    quality: QualityTask | None = None
+    quality: tuple[QualityTask, ...] = ()
+    splits: tuple[str, ...] | None = None  # the probe splits it is extracted on (None: all)
+
+    def own(self, probes: list[Probe]) -> list[Probe]:
+        """The probes this model is extracted on."""
+        return [p for p in probes if self.splits is None or p.split in self.splits]
 
 
 @dataclass
@@ -90,14 +100,14 @@ class Plan:
 
 def plan_jobs(
     run_dir, *, model_label: str, model_name: str, checkpoints: dict[int, Path], probes: list[Probe],
-    settings: AnalysisSettings | None = None, samples_per_job: int | None = None, quality: QualityTask | None = None,
+    settings: AnalysisSettings | None = None, samples_per_job: int | None = None, quality: tuple[QualityTask, ...] = (),
 ) -> Plan:
     """Jobs for every checkpoint with missing or stale units; ``samples_per_job=None`` puts a checkpoint's all in one.
 
     Samples go in fixed batches of ``settings.batch_samples`` (in probe order)
     that are never split across jobs: a batch is always evaluated whole, so its
     values are bit-for-bit the same however the work is cut or resumed.
-    ``quality``: also plan each checkpoint's task-quality score on it (the target model).
+    ``quality``: also plan each checkpoint's task-quality scores on these splits (the target model).
     """
     settings = settings or AnalysisSettings()
     batch_samples = settings.batch_samples
@@ -123,12 +133,12 @@ def plan_jobs(
             return not differs
 
         pending = [b for b in batches if not all([current(s) for s in b])]  # every unit counted
-        score = quality is not None and not quality_current(folder, model_label, step, model_name, ckpt, quality)
+        score = tuple(t.split for t in quality if not quality_current(folder, model_label, step, model_name, ckpt, t))
         chunks = [tuple(s for b in pending[k : k + per_job] for s in b) for k in range(0, len(pending), per_job)]
         if score and not chunks:
             chunks = [()]
         for k, samples in enumerate(chunks):
-            jobs.append(Job(model_label, model_name, step, str(path), samples, ckpt, quality=score and k == 0))
+            jobs.append(Job(model_label, model_name, step, str(path), samples, ckpt, quality=score if k == 0 else ()))
     return Plan(jobs, stale)
 
 
@@ -136,7 +146,7 @@ def quality_current(folder: RunFolder, model_label: str, step: int, model_name: 
                     task: QualityTask) -> bool:
     """Whether a checkpoint's stored quality was computed from these inputs."""
     try:
-        stored = read_json(folder.quality_unit(model_label, step))
+        stored = read_json(folder.quality_unit(model_label, step, task.split))
     except (OSError, ValueError):  # missing, or a file that cannot be read: score again
         return False
     return isinstance(stored, dict) and stored.get("inputs") == task.inputs(model_name, ckpt)
@@ -166,7 +176,7 @@ def pinned_threads(count: int):
 
 def run_job(
     run_dir, job: Job, probes: dict[str, Probe], settings: AnalysisSettings, *, base_model=None, tokenizer=None,
-    quality: QualityTask | None = None, on_unit: Callable[[], None] | None = None,
+    quality: tuple[QualityTask, ...] = (), on_unit: Callable[[], None] | None = None,
 ) -> int:
     """Load the job's checkpoint once, score it and extract its batches, writing each result; returns units written.
 
@@ -179,7 +189,7 @@ def run_job(
 
 def _run_job(
     run_dir, job: Job, probes: dict[str, Probe], settings: AnalysisSettings, *, base_model=None, tokenizer=None,
-    quality: QualityTask | None = None, on_unit: Callable[[], None] | None = None,
+    quality: tuple[QualityTask, ...] = (), on_unit: Callable[[], None] | None = None,
 ) -> int:
     from .extract import Request, extract_many  # noqa: PLC0415
     from .models import load_checkpoint, load_model_and_tokenizer  # noqa: PLC0415
@@ -191,12 +201,14 @@ def _run_job(
     if checkpoint_digest(job.checkpoint) != job.checkpoint_digest:
         raise SftscopeError(f"{job.checkpoint} changed while the analysis ran; run it again")
     model = load_checkpoint(base_model, job.checkpoint)
-    if job.quality and quality is not None:
-        inputs = quality.inputs(job.model_name, job.checkpoint_digest)
-        result = score_split(model, tokenizer, quality.pairs, quality.labels)
-        write_json(folder.quality_unit(job.model_label, job.step), {"step": job.step, "inputs": inputs, **result})
-        if on_unit:
-            on_unit()
+    for task in quality:
+        if task.split in job.quality:
+            inputs = task.inputs(job.model_name, job.checkpoint_digest)
+            result = score_split(model, tokenizer, task.pairs, task.labels)
+            write_json(folder.quality_unit(job.model_label, job.step, task.split),
+                       {"step": job.step, "split": task.split, "inputs": inputs, **result})
+            if on_unit:
+                on_unit()
     written = 0
     for k in range(0, len(job.samples), settings.batch_samples):
         batch = job.samples[k : k + settings.batch_samples]
@@ -244,7 +256,7 @@ def extract_run(
     checkpoints: dict[int, Path],
     probes: list[Probe],
     settings: AnalysisSettings,
-    quality: QualityTask | None = None,
+    quality: tuple[QualityTask, ...] = (),
     progress: Callable | None = None,
     say: Callable[[str], None] | None = None,
 ) -> int:
@@ -255,7 +267,7 @@ def extract_run(
     if note:
         (say or log.warning)(note)
     by_id = {p.sample: p for p in probes}
-    total = sum(len(j.samples) + j.quality for j in plan.jobs)
+    total = sum(len(j.samples) + len(j.quality) for j in plan.jobs)
     bar = progress(total=total, desc=f"extract {model_label}") if progress and total else None
     computed = sum(
         run_job(run_dir, job, by_id, settings, base_model=base_model, tokenizer=tokenizer, quality=quality,

@@ -44,20 +44,28 @@ def _train_stage(config: TrainConfig, folder: RunFolder, name: str, say: Callabl
 def preflight(config: RunConfig) -> None:
     """Everything that can be checked before anything is written or trained: settings, data, labels, models,
     LoRA target modules, sequence lengths and probe words (the tokenizer and the model's skeleton, no weights)."""
+    from .drift import load_general_set  # noqa: PLC0415
     from .models import check_available, load_tokenizer, model_skeleton  # noqa: PLC0415
+    from .stopping import labels_needed  # noqa: PLC0415
     from .quality import label_set  # noqa: PLC0415
     from .train import check_lengths, check_target_modules  # noqa: PLC0415
 
     configs = [config.train] + ([baseline_config(config)] if config.baseline is not None else [])
     for item in configs:
-        train_pairs, test_pairs = split_pairs(item.data)  # data errors name file and line
-        label_set(train_pairs, test_pairs, item.data.labels)
+        splits = split_pairs(item.data)  # data errors name file and line
+        label_set(splits, item.data.labels)
         check_report_to(item.report_to, "report_to", installed=True)
         check_available(item.model)
         if item is config.train:
-            check_probe_words(train_pairs, test_pairs, config.analysis)
+            check_probe_words(splits.train, splits.validation, config.analysis)
+            if config.analysis.drift:
+                load_general_set(config.analysis.general_prompts)  # the user's general prompts: one-line errors
+            if labels_needed(config.analysis.stop_rule) and label_set(splits, item.data.labels) is None:
+                raise SftscopeError(f"analysis.stop_rule {config.analysis.stop_rule} decides on validation accuracy, "
+                                    "but the responses are open-ended: choose a rule on the loss (best_eval_loss), or "
+                                    "name the labels in data.labels")
         tokenizer = load_tokenizer(item.model, trust_remote_code=item.trust_remote_code)
-        check_lengths(tokenizer, {"train": train_pairs, "test": test_pairs}, item.max_length)
+        check_lengths(tokenizer, splits._asdict(), item.max_length)
         if item.lora.target_modules != "all-linear":
             check_target_modules(model_skeleton(item.model, trust_remote_code=item.trust_remote_code),
                                  item.lora.target_modules)
@@ -107,7 +115,8 @@ def demo_config(out: str, quick: bool) -> RunConfig:
         config.train.checkpoint_every = 4
         config.train.eval_train_examples = 16
         config.baseline = {"model": "gemma3-270m", "max_steps": 4}
-        config.analysis = AnalysisSettings(samples_per_split=1, n_players=5)
+        # drift on 24 prompts, passages and items spread over the general set: a smoke test of every part
+        config.analysis = AnalysisSettings(samples_per_split=1, n_players=5, general_samples=1, drift_limit=24)
     else:
         # The baseline only needs its final checkpoint: a shorter run with light evaluation.
         config.baseline = {"model": "gemma3-270m", "max_steps": 32, "checkpoint_every": 32,
@@ -120,11 +129,14 @@ def dry_run(config: RunConfig) -> list[str]:
     """What ``run`` would train, extract and score, and how many forward passes that costs; loads no model.
 
     Counts are sequences through the model (one forward pass each): training
-    sequences, evaluation sequences at the checkpoints, ``2^n`` masked prompts
-    per probe sample and checkpoint, and one prompt plus one continuation per
-    label for task quality. Data that is not on this machine is not fetched.
+    sequences, evaluation sequences at the checkpoints (a training subset and
+    the validation split), ``2^n`` masked prompts per probe sample and
+    checkpoint, one prompt plus one continuation per label for task quality
+    (validation and test), and drift's passes over the general set. Data that
+    is not on this machine is not fetched.
     """
     from .config import players_cost  # noqa: PLC0415
+    from .drift import MAX_NEW_TOKENS, load_general_set  # noqa: PLC0415
     from .models import local_model_note  # noqa: PLC0415
     from .quality import label_set  # noqa: PLC0415
     from .train import checkpoint_steps, total_steps  # noqa: PLC0415
@@ -132,19 +144,20 @@ def dry_run(config: RunConfig) -> list[str]:
     lines = [f"output folder: {config.output_dir}"]
     runs = [("target", config.train)] + ([("baseline", baseline_config(config))] if config.baseline is not None else [])
     analysis = config.analysis
-    probes = 2 * analysis.samples_per_split
+    general_probes = analysis.general_samples if analysis.drift else 0
+    probes = 2 * analysis.samples_per_split + general_probes
     masks = 2 ** analysis.n_players
     total_passes = 0
-    target = None  # (checkpoints, test examples, sequences per test example) of the target run, when its data is here
+    target = None  # (checkpoints, validation + test examples, sequences per example) of the target, when its data is here
     for name, item in runs:
         per_step = item.batch_size * item.gradient_accumulation_steps
         sizes = None
-        if not (is_local(item.data.train) and is_local(item.data.test)):
+        if not all(is_local(source) for source in (item.data.train, item.data.test, item.data.validation)):
             lines.append(f"{name}: data {item.data.train!r} is not on this machine (a hub data set is fetched when the run starts; a file must be there)")
         else:
             try:
-                train_pairs, test_pairs = split_pairs(item.data)
-                sizes = (len(train_pairs), len(test_pairs))
+                splits = split_pairs(item.data)
+                sizes = tuple(len(part) for part in splits)
             except SftscopeError as exc:
                 lines.append(f"{name}: data not readable here ({exc})")
         lines.append(f"{name}: {item.model} ({local_model_note(item.model)}), LoRA r {item.lora.r} on "
@@ -155,33 +168,51 @@ def dry_run(config: RunConfig) -> list[str]:
                 f"{item.epochs:g} epochs = (training examples x {item.epochs:g} / {per_step}) steps")
             lines.append(f"{name}: {steps_each}, {per_step} training sequences per step; checkpoints at 0, 1, 2, 4, "
                          f"... then every {item.checkpoint_every} steps, each evaluated on "
-                         f"{item.eval_train_examples} training examples and the test split")
+                         f"{item.eval_train_examples} training examples and the validation split")
             if name == "target":
                 lines.append(f"analysis, per target checkpoint: {probes} probe samples x 2^{analysis.n_players} = "
                              f"{probes * masks:,} masked prompts ({players_cost(analysis.n_players)}), and a prompt "
-                             "pass plus one continuation per label for each test example (task quality)")
+                             "pass plus one continuation per label for each validation and test example (task quality)")
             continue
         total = total_steps(item, sizes[0])
         steps = checkpoint_steps(total, item.checkpoint_every)
         train_seqs = total * per_step
         eval_seqs = len(steps) * (min(item.eval_train_examples, sizes[0]) + sizes[1])
         total_passes += train_seqs + eval_seqs
-        lines.append(f"{name}: {sizes[0]} train / {sizes[1]} test examples; {total} steps; {len(steps)} checkpoints "
-                     f"({', '.join(map(str, steps[:8]))}{', ...' if len(steps) > 8 else ''}); {train_seqs:,} training "
-                     f"and {eval_seqs:,} evaluation sequences")
+        lines.append(f"{name}: {sizes[0]} train / {sizes[1]} validation / {sizes[2]} test examples; {total} steps; "
+                     f"{len(steps)} checkpoints ({', '.join(map(str, steps[:8]))}{', ...' if len(steps) > 8 else ''}); "
+                     f"{train_seqs:,} training and {eval_seqs:,} evaluation sequences")
         if name == "target":
-            labels = label_set(train_pairs, test_pairs, item.data.labels)
-            target = len(steps), sizes[1], 2 if labels is None else 1 + len(labels)
+            labels = label_set(splits, item.data.labels)
+            target = len(steps), sizes[1] + sizes[2], 2 if labels is None else 1 + len(labels)
     if target is not None:
-        target_steps, tests, per_example = target
-        extraction = target_steps * probes * masks + (probes * masks if config.baseline is not None else 0)
-        quality = target_steps * tests * per_example
+        target_steps, scored, per_example = target
+        task_probes = 2 * analysis.samples_per_split  # the baseline is extracted on the task probes only
+        extraction = target_steps * probes * masks + (task_probes * masks if config.baseline is not None else 0)
+        quality = target_steps * scored * per_example
         total_passes += extraction + quality
-        lines.append(f"analysis: {probes} probe samples x {target_steps} target checkpoints"
-                     f"{' + the baseline checkpoint' if config.baseline is not None else ''}, n_players "
+        lines.append(f"analysis: {probes} probe samples ({analysis.samples_per_split} train, "
+                     f"{analysis.samples_per_split} validation, {general_probes} general) x {target_steps} target "
+                     f"checkpoints{' + the baseline checkpoint' if config.baseline is not None else ''}, n_players "
                      f"{analysis.n_players} ({players_cost(analysis.n_players)}): {extraction:,} masked prompts")
-        lines.append(f"task quality: {tests} test examples at {target_steps} checkpoints: {quality:,} sequences "
-                     f"(a prompt pass and {per_example - 1} continuation(s) each)")
+        lines.append(f"task quality: {scored} validation and test examples at {target_steps} checkpoints: {quality:,} "
+                     f"sequences (a prompt pass and {per_example - 1} continuation(s) each)")
+        if analysis.drift:
+            try:
+                general = load_general_set(analysis.general_prompts, analysis.drift_limit)
+            except SftscopeError as exc:
+                lines.append(f"drift: the general prompts are not readable here ({exc})")
+            else:
+                states = target_steps + 1  # every checkpoint and the base model (adapter disabled), in one pass
+                per_state = 2 * len(general.prompts) + len(general.passages) + 2 * len(general.items)
+                drift = states * per_state + len(general.prompts)  # and the base model's greedy answers, once
+                total_passes += drift
+                lines.append(f"drift: {len(general.prompts)} general prompts (base answers of at most "
+                             f"{MAX_NEW_TOKENS} tokens, generated once), {len(general.passages)} passages and "
+                             f"{len(general.items)} knowledge items, for the base model and {target_steps} checkpoints: "
+                             f"about {drift:,} sequences ({analysis.drift_dtype} precision)")
+        else:
+            lines.append("drift: off (analysis.drift: false)")
         lines.append(f"in all: about {total_passes:,} sequences through the models")
     lines.append("nothing was loaded, trained or written (--dry-run)")
     return lines

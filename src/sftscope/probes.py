@@ -1,7 +1,11 @@
-"""Probe samples: drawn once per run from train and test, their players chosen on the model before SFT, frozen.
+"""Probe samples: drawn once per run, their players chosen on the model before SFT, frozen.
 
-The same sample keeps the same players at every checkpoint and in every model,
-so its interactions are comparable across both (METHOD section 1).
+Three splits: ``train`` and ``validation`` (the task: its held-out probes are
+what the probe-based stopping rules see; no probe comes from the test split),
+and ``general`` (prompts outside the task, answered by the base model: which of
+its interactions SFT removes, preserves or replaces). The same sample keeps
+the same players at every checkpoint and in every model, so its interactions
+are comparable across both (METHOD section 1).
 """
 
 from __future__ import annotations
@@ -25,24 +29,40 @@ class Probe:
     players: Players
 
 
-def draw_probes(train: list[Pair], test: list[Pair], count: int, seed: int) -> list[tuple[str, str, Pair]]:
-    """``count`` seeded samples from each split: (sample id, split, pair)."""
+TASK_SPLITS = ("train", "validation")  # the probes of the task; "general" probes are outside it
+
+
+def draw_probes(train: list[Pair], validation: list[Pair], count: int, seed: int) -> list[tuple[str, str, Pair]]:
+    """``count`` seeded samples from each task split: (sample id, split, pair)."""
     rng = random.Random(seed)
     chosen = []
-    for split, pairs in (("train", train), ("test", test)):
+    for split, pairs in (("train", train), ("validation", validation)):
         for index in sorted(rng.sample(range(len(pairs)), min(count, len(pairs)))):
             chosen.append((f"{split}-{index:04d}", split, pairs[index]))
     return chosen
 
 
-def check_probe_words(train: list[Pair], test: list[Pair], settings) -> dict[str, int]:
+def draw_general(prompts: list[str], answers: list[str], count: int, n_players: int, seed: int) -> list[tuple[str, str, Pair]]:
+    """``count`` seeded general prompts with at least ``n_players`` usable words (the longest ones if too few),
+    each paired with the base model's own answer: its first token is the target."""
+    usable = [i for i, (p, a) in enumerate(zip(prompts, answers)) if a.strip() and usable_words(p) >= n_players]
+    if len(usable) < count:  # too few long prompts: the longest others, which then have fewer players
+        rest = sorted((i for i, a in enumerate(answers) if a.strip() and i not in usable),
+                      key=lambda i: (-usable_words(prompts[i]), i))
+        usable += rest[: count - len(usable)]
+    rng = random.Random(seed)
+    picked = sorted(rng.sample(usable, min(count, len(usable))))
+    return [(f"general-{i:04d}", "general", Pair(prompts[i], answers[i])) for i in picked]
+
+
+def check_probe_words(train: list[Pair], validation: list[Pair], settings) -> dict[str, int]:
     """Probe prompts with fewer usable words than ``n_players``: refused unless ``allow_fewer`` (then returned).
 
     Counted on the text (words that are not stopwords), before any model is
     loaded; a tokenizer can only find fewer (two words sharing a token).
     """
     short = {}
-    for sample, _, pair in draw_probes(train, test, settings.samples_per_split, settings.seed):
+    for sample, _, pair in draw_probes(train, validation, settings.samples_per_split, settings.seed):
         words = usable_words(pair.prompt)
         if words < settings.n_players:
             short[sample] = words
@@ -61,24 +81,31 @@ def check_probe_words(train: list[Pair], test: list[Pair], settings) -> dict[str
     return short
 
 
-def choose_probes(model, tokenizer, train: list[Pair], test: list[Pair], *, count: int, n_players: int,
-                  seed: int, allow_fewer: bool = False) -> list[Probe]:
-    """Draw the probe samples and choose each one's players on ``model`` (the model before SFT)."""
+def choose_probes(model, tokenizer, train: list[Pair], validation: list[Pair], *, count: int, n_players: int,
+                  seed: int, allow_fewer: bool = False,
+                  general: list[tuple[str, str, Pair]] = ()) -> list[Probe]:
+    """Draw the task probes (and take the ``general`` ones) and choose each one's players on ``model`` (before SFT).
+
+    A general probe with fewer usable words than ``n_players`` uses all of them.
+    """
     from .extract import select_players  # noqa: PLC0415 - torch only when extracting
 
     probes = []
-    for sample, split, pair in draw_probes(train, test, count, seed):
+    for sample, split, pair in [*draw_probes(train, validation, count, seed), *general]:
         try:
-            players = select_players(model, tokenizer, pair.prompt, pair.response, n_players, allow_fewer=allow_fewer)
+            players = select_players(model, tokenizer, pair.prompt, pair.response, n_players,
+                                     allow_fewer=allow_fewer or split == "general")
         except SftscopeError as exc:
             raise SftscopeError(f"probe {sample}: {exc}") from None
         probes.append(Probe(sample, split, pair.prompt, pair.response, players))
     return probes
 
 
-def probe_inputs(*, model: str, train: list[Pair], test: list[Pair], count: int, n_players: int, seed: int) -> dict:
+def probe_inputs(*, model: str, train: list[Pair], validation: list[Pair], count: int, n_players: int, seed: int,
+                 general: list[tuple[str, str, Pair]] = ()) -> dict:
     """What a probe set is drawn from: when any of it changes, the probes are drawn again."""
-    return {"model": model, "data": digest([[asdict(p) for p in train], [asdict(p) for p in test]]),
+    return {"model": model, "data": digest([[asdict(p) for p in train], [asdict(p) for p in validation]]),
+            "general": digest([[s, asdict(p)] for s, _, p in general]),
             "samples_per_split": count, "n_players": n_players, "seed": seed}
 
 

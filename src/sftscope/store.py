@@ -6,11 +6,12 @@ A run folder (``sftscope train``; the target and the baseline of ``sftscope run`
     sftscope-config.yaml                         the settings used
     sftscope.log                                 library logs and warnings (the terminal stays quiet)
     checkpoint-<step>/                           LoRA adapter (safetensors); step 0 = before SFT
-    losses.csv                                   train and test loss at every checkpoint
+    losses.csv                                   train and validation loss at every checkpoint
     DONE                                         written by ``sftscope run`` once training finished
     analysis/probes.json                         probe samples and their frozen players
     analysis/effects/<model>/step-<step>/<sample>.parquet   one finished unit each
-    analysis/quality/<model>/step-<step>.json    task quality of a checkpoint on the test split
+    analysis/quality/<model>/<split>/step-<step>.json   task quality of a checkpoint on validation and test
+    analysis/drift/<model>/step-<step>.json      general-capability drift of a checkpoint; base-answers.json
     analysis/<table>.csv, summary.json, manifest.json
     report/<figure>.png, report/index.html
 
@@ -136,9 +137,18 @@ class RunFolder:
     def units(self) -> list[Path]:
         return sorted(self.effects.glob("*/step-*/*.parquet"))
 
-    def quality_unit(self, model: str, step: int) -> Path:
-        """Task quality of one checkpoint on the whole test split."""
-        return self.analysis / "quality" / model / f"step-{step:06d}.json"
+    def quality_unit(self, model: str, step: int, split: str = "test") -> Path:
+        """Task quality of one checkpoint on a whole split (test: what the report shows; validation: what rules see)."""
+        return self.analysis / "quality" / model / split / f"step-{step:06d}.json"
+
+    def drift_unit(self, model: str, step: int) -> Path:
+        """General-capability drift of one checkpoint against the base model."""
+        return self.analysis / "drift" / model / f"step-{step:06d}.json"
+
+    @property
+    def drift_reference(self) -> Path:
+        """The base model's greedy answers to the general prompts (generated once per run)."""
+        return self.analysis / "drift" / "base-answers.json"
 
     def table(self, name: str) -> Path:
         return self.analysis / f"{name}.csv"
@@ -386,10 +396,13 @@ def changed_keys(stored: dict | None, wanted: dict) -> list[str]:
 # --------------------------------------------------------------------------- losses
 
 
+LOSS_COLUMNS = ["step", "train_loss", "validation_loss"]  # runs of sftscope 0.2 had test_loss instead
+
+
 def write_losses(path: Path, rows: list[dict[str, float]]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["step", "train_loss", "test_loss"])
+            writer = csv.DictWriter(handle, fieldnames=LOSS_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
 
@@ -397,7 +410,7 @@ def write_losses(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def read_losses(run_dir: str | os.PathLike) -> list[dict[str, float]]:
-    """The loss table of a run: one row per checkpoint (step, train_loss, test_loss)."""
+    """The loss table of a run: one row per checkpoint (step, train_loss, validation_loss)."""
     path = RunFolder(run_dir).losses
     if not path.exists():
         raise SftscopeError(f"{run_dir}: no losses.csv (not an sftscope run folder?)")

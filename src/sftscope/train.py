@@ -1,8 +1,10 @@
 """SFT runs the paper studies: TRL ``SFTTrainer`` + PEFT LoRA, checkpoints dense early.
 
 A run folder holds ``checkpoint-<step>/`` (LoRA adapters only, safetensors),
-``losses.csv`` (train and test loss at every checkpoint, step 0 included) and
-``sftscope-config.yaml`` (the settings used). Step 0 is the model before any update.
+``losses.csv`` (train and validation loss at every checkpoint, step 0
+included: the validation split is the eval split a practitioner watches, and
+the one the stopping rules see; the test split is scored only by the analysis)
+and ``sftscope-config.yaml`` (the settings used). Step 0 is the model before any update.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ def _progress_callback(progress: Callable | None, desc: str):
     return StepProgress()
 
 
+EVAL_SPLITS = ("train", "validation")  # evaluated at every checkpoint; the test split only by task quality
+
+
 def _schedule_callback(steps: list[int], losses_path: Path):
     from transformers import TrainerCallback  # noqa: PLC0415
 
@@ -91,7 +96,7 @@ def _schedule_callback(steps: list[int], losses_path: Path):
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             row = self.rows.setdefault(state.global_step, {"step": state.global_step})
-            for split in ("train", "test"):
+            for split in EVAL_SPLITS:
                 if metrics and f"eval_{split}_loss" in metrics:
                     row[f"{split}_loss"] = float(metrics[f"eval_{split}_loss"])
             if state.is_world_process_zero:
@@ -122,8 +127,8 @@ def train(
     out = Path(config.output_dir).expanduser()
     config = with_output_dir(config, out)
     folder = RunFolder(out)
-    train_pairs, test_pairs = split_pairs(config.data)  # bad data is reported before anything is written
-    label_set(train_pairs, test_pairs, config.data.labels)  # responses outside data.labels, too
+    splits = split_pairs(config.data)  # bad data is reported before anything is written
+    label_set(splits, config.data.labels)  # responses outside data.labels, too
     check_report_to(config.report_to, "report_to", installed=True)
     if finished_training(folder, config):
         log.info("%s: training already done with these settings", out)
@@ -133,7 +138,7 @@ def train(
         model, tokenizer = load_model_and_tokenizer(config.model, dtype=config.dtype,
                                                     trust_remote_code=config.trust_remote_code)
     check_target_modules(model, config.lora.target_modules)
-    check_lengths(tokenizer, {"train": train_pairs, "test": test_pairs}, config.max_length)
+    check_lengths(tokenizer, splits._asdict(), config.max_length)
     claim(out, "run")
     with run_lock(out):
         attach_log_file(folder.log)
@@ -237,7 +242,7 @@ def build_trainer(
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text(RunFolder(out).config, config_yaml(config))
-    train_pairs, test_pairs = split_pairs(config.data)
+    train_pairs, validation_pairs, _ = split_pairs(config.data)  # the test split is never evaluated here
     if model is None:
         model, tokenizer = load_model_and_tokenizer(
             config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code
@@ -279,7 +284,7 @@ def build_trainer(
         model=model,
         args=args,
         train_dataset=as_dataset(train_pairs),
-        eval_dataset={"train": as_dataset(eval_train), "test": as_dataset(test_pairs)},
+        eval_dataset={"train": as_dataset(eval_train), "validation": as_dataset(validation_pairs)},
         processing_class=tokenizer,
         peft_config=lora,
         callbacks=[schedule, *(callbacks or [])],
