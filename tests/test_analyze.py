@@ -50,6 +50,21 @@ def test_missing_run_folder_is_one_error(tmp_path):
         analyze(tmp_path, SETTINGS)
 
 
+def test_a_run_without_a_validation_split_is_explained_in_one_line(tiny_run, tmp_path, capsys, restore_logging):
+    import shutil
+
+    from sftscope.cli import main
+
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("analysis", "report", ".sftscope.lock"))
+    losses = pd.read_csv(RunFolder(run).losses).rename(columns={"validation_loss": "test_loss"})
+    losses.to_csv(RunFolder(run).losses, index=False)  # as sftscope 0.2 wrote it: its rules saw the test loss
+    assert main(["analyze", str(run), "--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "no validation split" in err[0] and "train it again" in err[0]
+    assert not (run / "analysis").exists()
+
+
 def test_report_from_the_analysis(tiny_run):
     from sftscope.report import build_report
 
@@ -102,3 +117,50 @@ def test_jobs_hold_whole_batches_of_samples(tmp_path):
     assert plan_jobs(tmp_path, **plan).stale == {"checkpoint": 3}
     with pytest.raises(SftscopeError, match="batch_samples must be >= 1"):
         plan_jobs(tmp_path, **{**plan, "settings": AnalysisSettings(batch_samples=0)})
+
+
+def test_drift_of_a_run_tuned_to_its_labels(tmp_path, tiny_llama, word_tokenizer):
+    """A run tuned until it answers 'joy' to anything: format drift shows it, and KL grows from exactly 0."""
+    from sftscope.config import config_from_dict
+    from sftscope.train import train
+
+    model_dir = tmp_path / "tiny-model"
+    tiny_llama.save_pretrained(model_dir)
+    word_tokenizer.save_pretrained(model_dir)
+    words = ["what", "is", "the", "capital", "of", "france", "write", "a", "poem", "about", "rain", "today", "so"]
+    rows = [{"prompt": " ".join(words[k % 13 :] + words[: k % 13]), "completion": "joy"} for k in range(13)]
+    rows += [{"prompt": f"my flight got cancelled again {w}", "completion": "anger"} for w in ("so", "today", "!")]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    run = train(config_from_dict({
+        "output_dir": str(tmp_path / "run"), "model": str(model_dir), "batch_size": 4, "max_steps": 16,
+        "checkpoint_every": 8, "learning_rate": 5e-2, "max_length": 64, "lora": {"r": 4, "alpha": 8},
+        "data": {"train": str(data), "test_ratio": 0.2, "validation_ratio": 0.2, "max_train_examples": None},
+    }))
+    settings = AnalysisSettings(samples_per_split=1, n_players=3, general_samples=1, drift_limit=24, allow_fewer=True)
+    summary = analyze(run, settings)
+    rows = {r["step"]: r for r in summary["drift"]["per_checkpoint"]}
+    assert sorted(rows) == summary["checkpoints"] == [0, 1, 2, 4, 8, 16]
+    assert rows[0]["kl"]["mean"] == 0.0 and rows[0]["knowledge"]["change"] == 0.0  # step 0 is the base model
+    assert rows[0]["format"]["agreement"] == 1.0
+    last = rows[16]
+    # (a random tiny model's distributions are nearly flat: its KL is small, but it grows from exactly 0)
+    assert last["kl"]["mean"] > rows[2]["kl"]["mean"] > 0 and last["kl"]["low"] <= last["kl"]["mean"] <= last["kl"]["high"]
+    assert last["examples"][0]["checkpoint"].startswith("joy")  # the issue's table: what it answers instead
+    assert last["format"]["label_share"] >= 0.9 > rows[0]["format"]["label_share"]  # a task label to everything
+    assert last["format"]["agreement"] < 1.0
+    assert all(r["kl"]["prompts"] == 24 and r["knowledge"]["items"] == 24 for r in rows.values())
+    # the rules table carries each pick's drift; best_within_drift keeps a checkpoint within its budgets
+    within = summary["rules"]["best_within_drift"]
+    assert within["step"] is not None and within["label_share"] - rows[0]["format"]["label_share"] <= 0.10
+    assert summary["rules"]["last"]["kl"] == last["kl"]["mean"]
+
+    # another general set recomputes the drift, nothing of the task
+    stamps = {p: p.stat().st_mtime_ns for p in RunFolder(run).units() if "general-" not in p.name}
+    own = tmp_path / "own.jsonl"
+    own.write_text("".join(json.dumps({"prompt": f"tell me about the day number {k}"}) + "\n" for k in range(6)),
+                   encoding="utf-8")
+    again = analyze(run, AnalysisSettings(samples_per_split=1, n_players=3, general_samples=1, drift_limit=24,
+                                          allow_fewer=True, general_prompts=str(own)))
+    assert all(r["kl"]["prompts"] == 6 for r in again["drift"]["per_checkpoint"])
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # task units untouched

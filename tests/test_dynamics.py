@@ -134,3 +134,12 @@ def test_early_and_late_emerged_split_at_the_boundary():
     quality = early_late_quality(effects, types)
     assert quality["early_emerged"] == {"r_gen": 1.0, "rho": 1.0}
     assert quality["late_emerged"] == {"r_gen": 0.0, "rho": 0.0}
+
+
+def test_an_exact_decimal_tie_with_the_threshold_is_salient():
+    # 0.05 x 3.0 = 0.15000000000000002 in floats: 0.15 sits on the threshold and must count, as in decompose
+    frame = effects_frame({("s", 0): {("AND", 1): 3.0, ("AND", 2): 0.15, ("AND", 4): 0.149}})
+    kept = set(encoded(frame, tau=0.05)["bitmask"])
+    assert kept == {1, 2}
+    initial = set(encoded(frame, tau=0.05, mode="initial")["bitmask"])
+    assert initial == {1, 2}

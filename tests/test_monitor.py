@@ -137,3 +137,15 @@ def test_the_default_rule_never_stops_and_keeps_the_last_step(setup):
     trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
     trainer.train()
     assert trainer.state.global_step == 6 and monitor.stopped_at is None and monitor.keep_step == 6
+
+
+def test_monitor_logs_drift_from_the_base_model(setup):
+    config, model, tok = setup
+    config.learning_rate = 0.3
+    monitor = InteractionMonitor(tok, PROBES, steps=[0, 3, 6], n_players=3, labels=["joy", "anger"], drift_prompts=4)
+    trainer, _ = build_trainer(config, model=model, tokenizer=tok, callbacks=[monitor])
+    monitor.attach(trainer)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "drift/kl" in h]
+    assert len(logged) == 3 and logged[0]["drift/kl"] == 0.0 and logged[0]["drift/agreement"] == 1.0  # step 0: base
+    assert logged[-1]["drift/kl"] > 0 and all(0 <= h["drift/format"] <= 1 for h in logged)

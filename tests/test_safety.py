@@ -559,3 +559,58 @@ def test_checkpoint_files_get_the_users_umask(finished):
 
     files = [p for p in finished.glob("checkpoint-*/*") if p.is_file()]
     assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~UMASK for p in files)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "{bad}"], ["run", "{bad_data}"], ["run", "{dry}", "--dry-run"]],
+                         ids=["help", "config error", "data error", "dry run"])
+def test_quick_answers_import_neither_torch_nor_transformers(args, tmp_path):
+    """What a user waits for on --help, a one-line config or data error and a dry run: no torch, transformers, TRL."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a"}\n', encoding="utf-8")
+    files = {"bad": "output_dir: x\ntrain: {learning_rate: -1}\n",
+             "bad_data": f"output_dir: {tmp_path / 'o'}\ntrain: {{data: {{train: {data}}}}}\n",
+             "dry": f"output_dir: {tmp_path / 'o'}\n"}
+    paths = {}
+    for name, text in files.items():
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(text, encoding="utf-8")
+    argv = [a.format(**{k: str(v) for k, v in paths.items()}) for a in args]
+    code = ("import sys\nfrom sftscope.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, check=False)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:] + out.stderr[-500:]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["extract", "--model", "m", "--prompt", "p", "--response", "r", "--top", "-3"], "argument --top: must be at least 1"),
+    (["analyze", ".", "--samples-per-job", "0"], "argument --samples-per-job: must be at least 1"),
+    (["analyze", ".", "--samples", "0"], "argument --samples: must be at least 1"),
+], ids=["--top -3", "--samples-per-job 0", "--samples 0"])
+def test_out_of_range_options_are_refused_by_the_parser(args, fragment, capsys):
+    from sftscope.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2 and fragment in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_what_the_trial_found_refused_or_wrong_is_now_read_right(tmp_path):
+    """The trial's misreadings: YAML 1e-4, a JSON number label, decomposed accents, a test split repeating training."""
+    from sftscope.config import load_config
+    from sftscope.data import Splits, load_pairs, split_notes
+
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rate: 1e-4\n", encoding="utf-8")  # YAML 1.1 reads a string; TRL reads a float
+    assert load_config(config).learning_rate == 1e-4
+    rows = tmp_path / "d.jsonl"
+    rows.write_text('{"prompt": "rate this", "completion": 3}\n{"prompt": "un cafe\\u0301 e\\u0301tait", "completion": "x"}\n',
+                    encoding="utf-8")
+    pairs = load_pairs(rows)
+    assert pairs[0].response == "3"
+    assert pairs[1].prompt == "un caf\u00e9 \u00e9tait" and len(pairs[1].prompt) == 13  # composed (NFC)
+    same = load_pairs(rows)[:1] * 12
+    notes = split_notes(Splits(same, same, same))
+    assert any("12 of 12 test examples repeat a training prompt" in n for n in notes)

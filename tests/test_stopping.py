@@ -170,7 +170,7 @@ def test_an_evaluation_only_step_does_not_confirm_the_live_boundary():
 
 def test_a_run_with_no_removal_has_no_boundary_and_keeps_the_last_checkpoint():
     none = signals(flows=flows([0] * 6, [1, 2, 3, 4, 5, 6]))
-    for name in ("cumulative", "cumulative_live", "boundary_then_eval_loss"):
+    for name in ("cumulative", "cumulative_live", "boundary_then_eval_loss", "crossover"):
         decision = standard_rules()[name].pick(none)
         assert decision.step == 32 and decision.fired is False, name  # never step 0, the model before SFT
 

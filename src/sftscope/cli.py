@@ -158,9 +158,14 @@ def _print_answer(summary: dict) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from .config import load_run_config  # noqa: PLC0415
-    from .pipeline import demo_config, run  # noqa: PLC0415
 
-    config = demo_config(args.out, args.quick) if args.command == "demo" else load_run_config(args.config)
+    if args.command == "demo":
+        from .pipeline import demo_config  # noqa: PLC0415
+
+        config = demo_config(args.out, args.quick)
+    else:
+        config = load_run_config(args.config)  # before the pipeline's imports: a config error comes at once
+    from .pipeline import run  # noqa: PLC0415
     if args.command == "run" and args.output_dir:
         config.output_dir = args.output_dir
     if getattr(args, "dry_run", False):

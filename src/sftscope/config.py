@@ -116,7 +116,7 @@ class AnalysisSettings:
     drift_dtype: str = "auto"  # bfloat16 where native (3x faster on such CPUs), else float32; or name one
     drift_limit: int | None = None  # N prompts, passages and items, evenly spread over the general set (cheaper, noisier)
     max_knowledge_drop: float = 0.05  # best_within_drift: the knowledge accuracy a checkpoint may lose (points / 100)
-    max_format_drift: float = 0.10  # best_within_drift: the share of general prompts it may answer with a task label
+    max_format_drift: float = 0.10  # best_within_drift: how much more of the general prompts than the base model it may answer with a task label
 
 
 @dataclass

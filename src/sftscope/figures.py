@@ -90,7 +90,7 @@ def figure_utility(utility: dict[str, float], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     names = list(utility)
     ax.bar(names, [utility[n] for n in names], color=[COLORS.get(n, "gray") for n in names])
-    ax.set_ylabel("cross-entropy on test samples")
+    ax.set_ylabel("cross-entropy on validation probes")
     ax.set_title("predicting the target from one type alone")
     ax.tick_params(axis="x", labelsize=8)
     return _save(fig, path)

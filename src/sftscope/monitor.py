@@ -155,8 +155,8 @@ class InteractionMonitor(TrainerCallback):
                             "from the base model is not logged")
                 self._drift = False
                 return {}
-            prompts = (list(load_general_set().prompts[: self.drift_prompts]) if isinstance(self.drift_prompts, int)
-                       else list(self.drift_prompts))
+            prompts = (list(load_general_set(limit=self.drift_prompts).prompts)  # spread over every kind
+                       if isinstance(self.drift_prompts, int) else list(self.drift_prompts))
             with model.disable_adapter():
                 answers = greedy_answers(model, self.tokenizer, prompts)
             self._drift = (GeneralSet(tuple(prompts), (), ()), answers)

@@ -18,7 +18,6 @@ import dataclasses
 import logging
 from typing import Callable
 
-from .analyze import analyze
 from .config import AnalysisSettings, RunConfig, TrainConfig, baseline_config, check_report_to, with_output_dir
 from .console import attach_log_file
 from .data import is_local, split_pairs
@@ -94,6 +93,8 @@ def _run_locked(config: RunConfig, folder: JobFolder, progress, say, ray_options
     if config.baseline is not None:
         _train_stage(baseline_config(config), folder.baseline, "baseline", say, progress)
     say("analysis: task quality and interactions at every checkpoint")
+    from .analyze import analyze  # noqa: PLC0415 - torch only when working: config errors stay fast
+
     summary = analyze(
         folder.target.root, config.analysis, baseline_run=folder.baseline.root if config.baseline is not None else None,
         progress=progress, say=say, **ray_options,

@@ -70,7 +70,10 @@ def detect_boundary(flows: pd.DataFrame, rule: StageRule = StageRule()) -> int |
     width = (flows["step"] - flows["step_from"]).clip(lower=1)
     removal_rate = flows["removed"] / width
     emergence_rate = flows["emerged"] / width
+    removed_so_far = flows["removed"].cumsum()
     for i in range(len(flows)):
+        if removed_so_far.iloc[i] == 0:
+            continue  # nothing removed yet: no denoising stage has begun, so none can end here
         if removal_rate.iloc[i] < emergence_rate.iloc[i]:
             return int(flows["step_from"].iloc[i])  # the interval starting here is dominated by emergence
     return None
