@@ -229,6 +229,26 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def per_run_markdown(report: dict) -> str:
+    """One row per run: the best checkpoint and what a few rules kept (test accuracy), and the forgetting correlations."""
+    shown = ["last", "best_eval_loss", "best_eval_accuracy", "eval_loss_patience_2", "cumulative", "best_within_drift"]
+    lines = ["| run | best checkpoint | " + " | ".join(shown) + " | r(removal, KL) | r(removal, knowledge) |",
+             "|---" * (len(shown) + 4) + "|"]
+    corr = {c["run"]: c for c in report["correlations"]}
+
+    def cell(pick: dict | None) -> str:
+        return "-" if pick is None else f"{pick['step']}: {100 * pick['test_accuracy']:.1f}%"
+
+    def r(value) -> str:
+        return "-" if value is None else f"{value:+.2f}"
+
+    for name, picks in report["per_run"].items():
+        best = picks.get(ORACLE)
+        lines.append(f"| {name} | {cell(best)} | " + " | ".join(cell(picks.get(rule)) for rule in shown)
+                     + f" | {r(corr[name]['corr_removal_vs_kl'])} | {r(corr[name]['corr_removal_vs_knowledge_change'])} |")
+    return "\n".join(lines)
+
+
 def correlations(runs: list[dict]) -> list[dict]:
     rows = []
     for r in runs:
@@ -294,10 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     if heldout:
         report["choice"] = choose_default(heldout, rules, frame)
         print(f"\n{report['choice']['reason']}: default {report['choice']['default_rule']}")
-    print("\ngeneral-prompt interaction removal against drift, per run (Pearson r across checkpoints):")
-    for row in report["correlations"]:
-        print(f"  {row['run']}: vs KL {row['corr_removal_vs_kl']}, vs knowledge change "
-              f"{row['corr_removal_vs_knowledge_change']}")
+    print("\nper run (test accuracy of the kept checkpoint; general-prompt interaction removal against drift, "
+          "Pearson r across checkpoints):\n" + per_run_markdown(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=float), encoding="utf-8")
     print(f"written to {args.out}")

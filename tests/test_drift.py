@@ -145,6 +145,10 @@ def test_a_label_answer_is_recognised_whole():
     assert starts_with_label("Joy", ["joy"]) and starts_with_label(" 'joy', clearly", ["joy"])
     assert starts_with_label("anger.", ["anger", "joy"]) and not starts_with_label("joyful day", ["joy"])
     assert not starts_with_label("The capital is Paris", ["joy", "anger"])
+    # numeric and punctuated labels: whole, and their own leading punctuation ignored like the answer's
+    assert starts_with_label("1 star", ["1", "5"]) and not starts_with_label("10 is the answer", ["1"])
+    assert not starts_with_label("négatifé", ["négatif"]) and starts_with_label("(A) the first", ["(A)", "(B)"])
+    assert starts_with_label("-1", ["-1", "+1"])
 
 
 def test_zero_adapters_are_recognised(tmp_path, tiny_llama):

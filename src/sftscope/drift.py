@@ -233,8 +233,10 @@ class StateScores:
 
 def starts_with_label(text: str, labels: Sequence[str]) -> bool:
     """Whether ``text`` is, or begins with, one of the labels (case and leading punctuation ignored)."""
-    cleaned = unicodedata.normalize("NFC", text).strip().lstrip("\"'`*([{-:> \t\n").lower()
-    return any(re.match(rf"{re.escape(label.lower())}(?![a-z])", cleaned) for label in labels)
+    opening = "\"'`*([{-:> \t\n"
+    cleaned = unicodedata.normalize("NFC", text).strip().lstrip(opening).lower()
+    wanted = [unicodedata.normalize("NFC", label).strip().lstrip(opening).lower() for label in labels]
+    return any(w and re.match(rf"{re.escape(w)}(?!\w)", cleaned) for w in wanted)
 
 
 class DriftScorer:
@@ -442,8 +444,8 @@ def drift_numbers(base: StateScores, state: StateScores, *, answer_tokens: Seque
 
 def zero_adapter(checkpoint: str | Path) -> bool:
     """Whether a LoRA adapter changes nothing (every lora_B is zero, as PEFT initialises it): it is the base model."""
-    from safetensors.numpy import load_file  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415 - numpy cannot read bfloat16 adapters
 
     weights = load_file(str(Path(checkpoint) / "adapter_model.safetensors"))
     b_parts = [w for name, w in weights.items() if "lora_B" in name]
-    return bool(b_parts) and all(not np.any(w) for w in b_parts)
+    return bool(b_parts) and all(not bool(w.any()) for w in b_parts)

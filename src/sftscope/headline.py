@@ -55,6 +55,8 @@ def cheaper_checkpoint(summary: dict) -> tuple[int, dict, dict] | None:
     if rec.get("accuracy") is None or rec["step"] not in rows:
         return None
     mine = rows[rec["step"]]
+    if mine["kl"]["mean"] <= 0:
+        return None  # the recommendation is the base model itself: nothing costs less
     share = lambda row: row["format"].get("label_share") or 0.0  # noqa: E731
     candidates = []
     for quality in summary.get("quality", []):
@@ -118,15 +120,17 @@ def headline(summary: dict, benchmark: dict | None = None) -> list[str]:
         cheaper = cheaper_checkpoint(summary)
         if cheaper is not None:
             step, quality, other = cheaper
-            lines.append(f"Step {step} is within {100 * CLEARLY_BETTER:.0f} points of that accuracy "
+            lines.append(f"Step {step} loses at most {100 * CLEARLY_BETTER:.0f} points of that accuracy "
                          f"({pct(quality['accuracy'])}) and costs clearly less: KL {other['kl']['mean']:.2f}, "
                          f"knowledge {points(other['knowledge']['change'])} points"
                          + (f", {pct(other['format']['label_share'])} label answers"
                             if other["format"].get("label_share") is not None else "") + ".")
         elif rec.get("accuracy") is not None:
-            lines.append(f"No checkpoint within {100 * CLEARLY_BETTER:.0f} points of its test accuracy costs clearly "
-                         f"less (at most {100 * CLEARLY_CHEAPER:.0f}% of its KL, no larger knowledge drop, no more "
-                         "label answers).")
+            missing = (summary.get("drift") or {}).get("missing") or []
+            among = f" among the {len(drift_by_step)} with drift measured" if missing else ""
+            lines.append(f"No checkpoint{among} within {100 * CLEARLY_BETTER:.0f} points of its test accuracy costs "
+                         f"clearly less (at most {100 * CLEARLY_CHEAPER:.0f}% of its KL, no larger knowledge drop, no "
+                         "more label answers).")
     elif summary.get("drift") is None and summary.get("settings", {}).get("drift") is False:
         lines.append("What it costs outside the task was not measured (analysis.drift: false).")
     if rec.get("accuracy") is not None:

@@ -1,0 +1,43 @@
+"""The answer's sentences: what the recommended checkpoint costs, and a cheaper one only where the numbers show it."""
+
+from sftscope.headline import cheaper_checkpoint, headline
+
+
+def drift_row(step, kl, change, share, missing=False):
+    return {"step": step, "kl": {"mean": kl, "low": kl * 0.9, "high": kl * 1.1, "prompts": 210},
+            "knowledge": {"base": 0.76, "checkpoint": 0.76 + change, "change": change, "low": change - 0.03,
+                          "high": change + 0.03, "lost": 5, "gained": 3, "items": 320},
+            "format": {"label_share": share, "base_label_share": 0.0, "agreement": 0.5}}
+
+
+def summary(rows, accuracy, recommended=32):
+    quality = [{"step": s, "accuracy": a, "macro_f1": a} for s, a in accuracy.items()]
+    rec = {"step": recommended, "accuracy": accuracy[recommended], "test_loss": 0.3, "rule": "no early stopping"}
+    return {"rules": {"recommended": rec, "last": rec}, "recommended_rule": "last", "quality": quality,
+            "drift": {"per_checkpoint": rows, "missing": []}, "stage_boundary_step": 8,
+            "settings": {"stage_rule": "cumulative", "drift": True}}
+
+
+def test_a_cheaper_checkpoint_is_named_only_when_it_costs_clearly_less():
+    accuracy = {0: 0.3, 8: 0.60, 16: 0.79, 32: 0.80}
+    rows = [drift_row(0, 0.0, 0.0, 0.0), drift_row(8, 0.2, 0.0, 0.0), drift_row(16, 0.4, -0.01, 0.05),
+            drift_row(32, 1.0, -0.02, 0.10)]
+    step, quality, other = cheaper_checkpoint(summary(rows, accuracy))
+    assert step == 16 and quality["accuracy"] == 0.79  # 8 is cheaper still, but 20 points less accurate
+    lines = " ".join(headline(summary(rows, accuracy)))
+    assert "KL from the base model 1.00 nats per token" in lines and "Step 16 loses at most 2 points" in lines
+    # half the KL is the bar: 0.6 of it is not clearly less
+    rows[2] = drift_row(16, 0.6, -0.01, 0.05)
+    assert cheaper_checkpoint(summary(rows, accuracy)) is None
+    assert "No checkpoint within 2 points of its test accuracy costs clearly less" in " ".join(headline(summary(rows, accuracy)))
+    # a larger knowledge drop or more label answers disqualify a cheaper checkpoint
+    rows[2] = drift_row(16, 0.3, -0.05, 0.05)
+    assert cheaper_checkpoint(summary(rows, accuracy)) is None
+    rows[2] = drift_row(16, 0.3, -0.01, 0.20)
+    assert cheaper_checkpoint(summary(rows, accuracy)) is None
+
+
+def test_nothing_costs_less_than_the_base_model():
+    accuracy = {0: 0.80, 8: 0.80}
+    rows = [drift_row(0, 0.0, 0.0, 0.0), drift_row(8, 0.0, 0.0, 0.0)]
+    assert cheaper_checkpoint(summary(rows, accuracy, recommended=0)) is None
