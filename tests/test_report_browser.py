@@ -20,7 +20,7 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-def check_in_browser(page_path, n_images=6):
+def check_in_browser(page_path, n_images=7):  # six of the paper's kind and the learning-forgetting curve
     from playwright.sync_api import sync_playwright
 
     errors, requests = [], []
@@ -68,5 +68,6 @@ def test_quick_demo_end_to_end(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["recommended_step"] in summary["checkpoints"]
     assert {"recommended_step", "stage_boundary_step", "min_test_loss_step", "findings", "settings"} <= set(summary)
-    assert len(list((out / "target" / "report").glob("*.png"))) == 6
+    assert len(list((out / "target" / "report").glob("*.png"))) == 7
+    assert summary["drift"]["per_checkpoint"] and "costs the model outside its task" in done.stdout
     check_in_browser(out / "target" / "report" / "index.html")
