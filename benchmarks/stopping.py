@@ -188,9 +188,8 @@ def summarize(runs: list[dict], rules: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(order_keys, kind="stable").reset_index(drop=True)
 
 
-def paired_difference(runs: list[dict], rules: dict, a: str, b: str) -> tuple[float, float, float]:
-    """Mean regret of ``b`` minus ``a`` over the same runs, with its 95% bootstrap interval."""
-    per_run = [judge(r, rules) for r in runs]
+def paired_difference(per_run: list[dict], a: str, b: str) -> tuple[float, float, float]:
+    """Mean regret of ``b`` minus ``a`` over the same runs (``judge`` of each), with its 95% bootstrap interval."""
     diff = np.array([p[b]["regret"] - p[a]["regret"] for p in per_run])
     low, high = bootstrap_mean(diff, seed=1)
     return float(diff.mean()), low, high
@@ -199,11 +198,12 @@ def paired_difference(runs: list[dict], rules: dict, a: str, b: str) -> tuple[fl
 def choose_default(heldout: list[dict], rules: dict, frame: pd.DataFrame) -> dict:
     """The winner where it is separated from every other rule; otherwise the simplest rule it is not separated from."""
     offered = [r for r in frame["rule"] if r in SIMPLICITY]
+    per_run = [judge(r, rules) for r in heldout]  # once: every pair below reads the same picks
     winner = offered[0]
     tied = [winner]
     differences = {}
     for other in offered[1:]:
-        mean, low, high = paired_difference(heldout, rules, winner, other)
+        mean, low, high = paired_difference(per_run, winner, other)
         differences[other] = {"mean": round(mean, 2), "low": round(low, 2), "high": round(high, 2)}
         if low <= 0:  # the interval of (other - winner) reaches 0: not separated
             tied.append(other)
