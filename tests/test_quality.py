@@ -8,7 +8,8 @@ import torch
 
 from sftscope import SftscopeError
 from sftscope.data import Pair
-from sftscope.quality import encode, label_set, macro_f1, score_candidates, score_split
+from sftscope.quality import (cache_argument, encode, label_set, macro_f1, prompt_forward, score_candidates,
+                              score_continuations, score_split, shared_start)
 
 PAIRS = [
     Pair("classify emotion : we won the game today", "joy"),
@@ -46,6 +47,58 @@ def test_shared_cache_scores_equal_direct_ones(arch, tiny_llama, tiny_gemma, wor
         with torch.no_grad():
             argmax = int(model(torch.tensor([prompt])).logits[0, -1].argmax())
         assert scores.first_token_hit[i] == (argmax == completion[0])
+
+
+def test_the_shared_start_keeps_a_token_of_every_prompt_to_itself():
+    assert shared_start([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_start([[1, 2], [1, 2, 3]]) == 1  # the first prompt keeps its last token
+    assert shared_start([[1, 2, 3]]) == 2
+    assert shared_start([[7, 2], [1, 2]]) == 0
+
+
+@pytest.mark.parametrize("arch, shared", [("llama", 20), ("gemma", 8), ("gemma", 20)])
+def test_a_shared_start_computed_once_gives_the_direct_logits_and_cache(arch, shared, tiny_llama, tiny_gemma):
+    """The shared part is computed once; every row's last logits and the next step from the repeated cache equal
+    an unpadded forward pass of that row alone. With Gemma's sliding window of 16, 8 shared ids fit (they are
+    split off), 20 do not (the rows are computed whole)."""
+    model = tiny_gemma if arch == "gemma" else tiny_llama
+    start = [5 + (k % 40) for k in range(shared)]
+    prompts = [start + [60, 61], start + [62], start + [63, 64, 65, 66]]
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    with torch.no_grad():
+        try:
+            out, mask = prompt_forward(model, 0, prompts, following=1)
+        finally:
+            hook.remove()
+        split = arch == "llama" or shared == 8
+        assert calls == ([(1, shared), (3, 4)] if split else [(3, shared + 4)])
+        assert mask.shape == (3, shared + 4) and mask.sum(-1).tolist() == [shared + 2, shared + 1, shared + 4]
+        following = torch.tensor([[70], [71], [72]])
+        step = model(input_ids=following, attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1),
+                     position_ids=mask.sum(-1)[:, None], use_cache=True,
+                     **{cache_argument(model): out.cache if "cache" in out else out.past_key_values})
+        for r, prompt in enumerate(prompts):
+            direct = model(torch.tensor([prompt + [70 + r]])).logits[0]
+            torch.testing.assert_close(out.logits[r, -1], direct[-2], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(step.logits[r, -1], direct[-1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_continuations_of_one_and_of_several_tokens_score_as_directly(arch, tiny_llama, tiny_gemma):
+    """Only continuations longer than one token go on from the cache; each sums its own tokens' log-probabilities."""
+    model = tiny_gemma if arch == "gemma" else tiny_llama
+    prompts = [[1, 9, 10, 11], [1, 9, 12], [1, 9, 13, 14, 15]]
+    options = [[[20], [21, 22], [23]], [[24], [25], [26]], [[27, 28, 29], [30], [31, 32]]]
+    scored = score_continuations(model, 0, prompts, options, batch_size=2)
+    for i, prompt in enumerate(prompts):
+        for k, option in enumerate(options[i]):
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([prompt + option])).logits[0].float(), -1)
+            expected = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(option))
+            assert scored.loglik[i, k] == pytest.approx(expected, abs=1e-4)
+            assert scored.tokens[i, k] == len(option)
 
 
 def test_completion_is_what_training_sees(word_tokenizer):

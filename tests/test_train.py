@@ -15,6 +15,8 @@ def test_checkpoint_schedule():
     assert checkpoint_steps(50, 16) == [0, 1, 2, 4, 8, 16, 32, 48, 50]
     assert checkpoint_steps(6, 4) == [0, 1, 2, 4, 6]
     assert checkpoint_steps(3, 16) == [0, 1, 2, 3]
+    assert checkpoint_steps(50, 16, dense=False) == [0, 16, 32, 48, 50]  # a baseline needs no early ones
+    assert checkpoint_steps(32, 32, dense=False) == [0, 32]
     with pytest.raises(SftscopeError):
         checkpoint_steps(0, 4)
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from .data import Pair, jsonl_records, chat_messages, nfc, plain_prompt
 from .errors import SftscopeError
-from .quality import cache_argument, last_position, left_padded, pad_id, right_padded, score_continuations
+from .quality import cache_argument, pad_id, prompt_forward, right_padded, score_continuations
 
 MAX_NEW_TOKENS = 32
 BOOTSTRAP = 1000  # resamples for the 95% intervals (seeded: the same numbers every time)
@@ -162,7 +162,7 @@ def eos_ids(model, tokenizer) -> set[int]:
 
 
 def greedy_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = MAX_NEW_TOKENS,
-                   batch_size: int = 16, progress: Callable | None = None) -> list[list[int]]:
+                   batch_size: int = 128, progress: Callable | None = None) -> list[list[int]]:
     """Greedy answers (token ids, the final eos kept) of ``model`` to each prompt, at most ``max_new_tokens``."""
     import torch  # noqa: PLC0415
 
@@ -173,10 +173,8 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     bar = progress(total=len(prompts), desc="base answers") if progress else None
     for start in range(0, len(prompts), batch_size):
         batch = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
-        ids, mask, positions = left_padded(batch, pad)
         with torch.no_grad():
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                        use_cache=True, logits_to_keep=last_position(ids))
+            out, mask = prompt_forward(model, pad, batch, following=max_new_tokens)
             cache = _cache(out)
             rows = [[] for _ in batch]
             done = [False] * len(batch)
@@ -251,7 +249,7 @@ class DriftScorer:
     """
 
     def __init__(self, tokenizer, general: GeneralSet, answers: Sequence[Sequence[int]],
-                 labels: Sequence[str] | None, *, batch_size: int = 32) -> None:
+                 labels: Sequence[str] | None, *, batch_size: int = 64) -> None:
         if len(answers) != len(general.prompts):
             raise SftscopeError(f"{len(answers)} base answers for {len(general.prompts)} general prompts")
         self.tokenizer, self.general = tokenizer, general
@@ -259,6 +257,15 @@ class DriftScorer:
         self.labels = list(labels) if labels else None
         self.batch_size = batch_size
         self.pad = pad_id(tokenizer)
+        self.prompt_ids = [prompt_ids(tokenizer, p) for p in general.prompts]
+        self.passage_ids = [list(tokenizer(p)["input_ids"]) for p in general.passages]
+        self.item_ids = [encode_item(tokenizer, item) for item in general.items]
+        # rows of like length share a batch (less padding); results go back to their own places
+        self.prompt_batches = by_length([len(p) + len(a) for p, a in zip(self.prompt_ids, self.answers)], batch_size)
+        self.passage_batches = by_length([len(p) for p in self.passage_ids], max(1, batch_size // 4))  # long rows
+        # items whose options are all one token need no pass beyond their context: they go together
+        self.item_batches = by_length([(max(len(o) for o in options), len(c)) for c, options in self.item_ids],
+                                      batch_size)
         label_tokens = [len(tokenizer(" " + label, add_special_tokens=False)["input_ids"]) for label in labels or []]
         self.label_steps = min(MAX_NEW_TOKENS, max(label_tokens, default=0) + 1) if labels else 1
         self.base_logp: list | None = None  # per prompt: the base model's logits along its answer [length, vocab]
@@ -279,30 +286,42 @@ class DriftScorer:
     def _score(self, model, progress: Callable | None, *, keep: bool) -> StateScores:
         import torch  # noqa: PLC0415
 
-        scores = StateScores()
         self.model = model
         prompts, passages, items = self.general.prompts, self.general.passages, self.general.items
+        kl, agrees, label_start, opening = [0.0] * len(prompts), [False] * len(prompts), [False] * len(prompts), [""] * len(prompts)
+        nll, correct = [0.0] * len(passages), [False] * len(items)
+        if keep:
+            self.base_logp, self.base_argmax = [None] * len(prompts), [None] * len(prompts)
         bar = progress(total=len(prompts) + len(passages) + len(items), desc="drift") if progress else None
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                for rows in _batches(len(prompts), self.batch_size):
-                    logits, opening = self._prompt_pass(rows)
+                for rows in self.prompt_batches:
+                    logits, openings = self._prompt_pass(rows)
                     for r, i in enumerate(rows):
                         mine = logits[r, : len(self.answers[i])]
                         if keep:  # the base model's logits as it computed them: against itself, KL is exactly 0
-                            self.base_logp.append(mine.clone())
-                        self._record_prompt(scores, torch.log_softmax(mine.float(), -1),
-                                            torch.log_softmax(self.base_logp[i].float(), -1), opening[r])
+                            self.base_logp[i] = mine.clone()
+                        mine, base = torch.log_softmax(mine.float(), -1), torch.log_softmax(self.base_logp[i].float(), -1)
+                        kl[i] = float((base.exp() * (base - mine)).sum())  # summed over the answer's tokens
+                        # the greedy answers agree when the most likely token is the base model's at every position
+                        # (computed alike for both, so the base agrees with itself exactly)
+                        if keep:
+                            self.base_argmax[i] = base.argmax(-1)
+                        agrees[i] = bool(torch.equal(mine.argmax(-1), self.base_argmax[i]))
+                        opening[i] = openings[r]
+                        label_start[i] = starts_with_label(openings[r], self.labels) if self.labels else False
                     if bar:
                         bar.update(len(rows))
-                for rows in _batches(len(passages), max(1, self.batch_size // 2)):
-                    scores.nll += self._passage_pass(rows)
+                for rows in self.passage_batches:
+                    for i, value in zip(rows, self._passage_pass(rows)):
+                        nll[i] = value
                     if bar:
                         bar.update(len(rows))
-                for rows in _batches(len(items), self.batch_size):
-                    scores.correct += self._item_pass(rows)
+                for rows in self.item_batches:
+                    for i, value in zip(rows, self._item_pass(rows)):
+                        correct[i] = value
                     if bar:
                         bar.update(len(rows))
         finally:
@@ -310,21 +329,21 @@ class DriftScorer:
             self.model = None
             if bar:
                 bar.close()
-        return scores
+        return StateScores(kl, agrees, label_start, opening, nll, correct)
 
     # -- the three passes
 
-    def _prompt_pass(self, rows: range):
+    def _prompt_pass(self, rows: Sequence[int]):
         """Logits along each base answer ([rows, longest, vocab]) and the first greedy tokens, decoded."""
         import torch  # noqa: PLC0415
 
         model = self.model
         device = next(model.parameters()).device
-        ids, mask, positions = left_padded([prompt_ids(self.tokenizer, self.general.prompts[i]) for i in rows], self.pad)
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                    use_cache=True, logits_to_keep=last_position(ids))
+        encoded = [self.prompt_ids[i] for i in rows]
+        following = max(len(self.answers[i]) for i in rows) + self.label_steps
+        out, mask = prompt_forward(model, self.pad, encoded, following=following)
         first = out.logits[:, -1].cpu()
-        cache, width, lengths = _cache(out), ids.shape[1], mask.sum(-1)
+        cache, width, lengths = _cache(out), mask.shape[1], mask.sum(-1)
         # the first greedy tokens (as many as the longest label needs), from the prompt's cache
         greedy = [first.argmax(-1)]
         step_mask = mask
@@ -345,8 +364,7 @@ class DriftScorer:
                 try:
                     cut_back(cache, width, self.label_steps - 1)
                 except RuntimeError:  # a sliding-window layer cannot be cut back: compute the prompt again
-                    cache = _cache(model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                         position_ids=positions.to(device), use_cache=True, logits_to_keep=last_position(ids)))
+                    cache = _cache(prompt_forward(model, self.pad, encoded, following=following)[0])
             feed, feed_mask = right_padded([a[:-1] for a in answers], self.pad, width=longest - 1)
             cont = model(input_ids=feed.to(device), attention_mask=torch.cat([mask, feed_mask], dim=1).to(device),
                          position_ids=(lengths[:, None] + torch.arange(longest - 1)[None]).to(device),
@@ -355,35 +373,28 @@ class DriftScorer:
         logits = first[:, None] if rest is None else torch.cat([first[:, None], rest], dim=1)
         return logits, opening
 
-    def _record_prompt(self, scores: StateScores, mine, base, opening: str) -> None:
-        import torch  # noqa: PLC0415
-
-        scores.kl.append(float((base.exp() * (base - mine)).sum()))  # summed over the answer's tokens
-        # the greedy answers agree when the most likely token is the base model's at every position (computed
-        # alike for both, so the base agrees with itself exactly)
-        scores.agrees.append(bool(torch.equal(mine.argmax(-1), base.argmax(-1))))
-        scores.opening.append(opening)
-        scores.label_start.append(starts_with_label(opening, self.labels) if self.labels else False)
-
-    def _passage_pass(self, rows: range) -> list[float]:
+    def _passage_pass(self, rows: Sequence[int]) -> list[float]:
         """Summed NLL of each passage: token t predicted from the tokens before it, as the training loss does."""
         import torch  # noqa: PLC0415
 
         device = next(self.model.parameters()).device
-        encoded = [list(self.tokenizer(self.general.passages[i])["input_ids"]) for i in rows]
+        encoded = [self.passage_ids[i] for i in rows]
         ids, mask = right_padded(encoded, self.pad)
-        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
         out = []
-        for r, row in enumerate(encoded):  # one row at a time in float32: the whole batch would be a large copy
-            scored = logits[r, : len(row) - 1].float()
-            targets = torch.tensor(row[1:], device=scored.device)
-            out.append(float((torch.logsumexp(scored, -1) - scored.gather(1, targets[:, None]).squeeze(1)).sum()))
+        for r, row in enumerate(encoded):
+            # each token's loss in the model's dtype (the kernel accumulates in float32; in bfloat16 this is five
+            # times faster than a float32 copy of the logits, and moves the per-token mean by about 1e-4), summed
+            # in float64
+            targets = torch.tensor(row[1:], device=logits.device)
+            losses = torch.nn.functional.cross_entropy(logits[r, : len(row) - 1], targets, reduction="none")
+            out.append(float(losses.double().sum()))
         return out
 
-    def _item_pass(self, rows: range) -> list[bool]:
+    def _item_pass(self, rows: Sequence[int]) -> list[bool]:
         """acc_norm: the option with the highest log-likelihood per character of " option" is the answer."""
         items = [self.general.items[i] for i in rows]
-        encoded = [encode_item(self.tokenizer, item) for item in items]
+        encoded = [self.item_ids[i] for i in rows]
         scored = score_continuations(self.model, self.pad, [c for c, _ in encoded], [o for _, o in encoded],
                                      batch_size=len(items))
         out = []
@@ -393,8 +404,11 @@ class DriftScorer:
         return out
 
 
-def _batches(count: int, size: int):
-    return [range(start, min(start + size, count)) for start in range(0, count, size)]
+def by_length(lengths: Sequence, size: int) -> list[list[int]]:
+    """Row indices in batches of ``size``, longest rows first (ties in index order: the same batches every time);
+    a length may be a tuple, compared in order."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)  # a stable sort keeps ties in order
+    return [order[start : start + size] for start in range(0, len(order), size)]
 
 
 def passage_tokens(tokenizer, general: GeneralSet) -> list[int]:

@@ -22,7 +22,7 @@ from .store import RunFolder, changed_keys, checkpoint_digest, digest, read_json
 
 log = logging.getLogger(__name__)
 
-SCORING = "drift v1"  # bump when the measures change: stored units are then recomputed
+SCORING = "drift v2"  # bump when the measures or their arithmetic change: stored units are then recomputed
 EXAMPLES = ("What is the capital of France?", "How many legs does a spider have?",
             "Translate 'good morning' into Spanish.", "Write a haiku about autumn leaves.")
 
@@ -90,10 +90,12 @@ def base_answers(folder: RunFolder, model, tokenizer, task: DriftTask, model_nam
         return stored
     if stored is not None and say:
         say(f"drift: base answers generated again: {', '.join(changed_keys(stored.get('inputs') if isinstance(stored, dict) else None, wanted))} changed")
+    began = time.perf_counter()
     answers = greedy_answers(model, tokenizer, task.general.prompts, max_new_tokens=task.max_new_tokens,
                              progress=progress)
     texts = [tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
-    record = {"inputs": wanted, "digest": digest(answers), "answers": answers, "texts": texts}
+    record = {"inputs": wanted, "digest": digest(answers), "answers": answers, "texts": texts,
+              "seconds": round(time.perf_counter() - began, 3)}
     write_json(path, record)
     return record
 

@@ -56,7 +56,7 @@ class QualityTask:
 
     def inputs(self, model_name: str, checkpoint: str) -> dict:
         return as_stored({"checkpoint": checkpoint, "model": model_name, "labels": self.labels, "dtype": self.dtype,
-                          "split": digest([asdict(p) for p in self.pairs]), "scoring": "whole-label log-likelihood v1"})
+                          "split": digest([asdict(p) for p in self.pairs]), "scoring": "whole-label log-likelihood v2"})
 
 
 def as_stored(inputs: dict) -> dict:

@@ -119,8 +119,8 @@ def demo_config(out: str, quick: bool) -> RunConfig:
         # drift on 24 prompts, passages and items spread over the general set: a smoke test of every part
         config.analysis = AnalysisSettings(samples_per_split=1, n_players=5, general_samples=1, drift_limit=24)
     else:
-        # The baseline only needs its final checkpoint: a shorter run with light evaluation.
-        config.baseline = {"model": "gemma3-270m", "max_steps": 32, "checkpoint_every": 32,
+        # The baseline only needs its final checkpoint: a shorter run with light evaluation, no early checkpoints.
+        config.baseline = {"model": "gemma3-270m", "max_steps": 32, "checkpoint_every": 32, "dense_checkpoints": False,
                            "eval_train_examples": 16, "data": {"max_test_examples": 16}}
         config.analysis = AnalysisSettings(samples_per_split=4, n_players=7)
     return config
@@ -167,8 +167,9 @@ def dry_run(config: RunConfig) -> list[str]:
         if sizes is None:
             steps_each = f"{item.max_steps} steps" if item.max_steps > 0 else (
                 f"{item.epochs:g} epochs = (training examples x {item.epochs:g} / {per_step}) steps")
-            lines.append(f"{name}: {steps_each}, {per_step} training sequences per step; checkpoints at 0, 1, 2, 4, "
-                         f"... then every {item.checkpoint_every} steps, each evaluated on "
+            early = "0, 1, 2, 4, ... then" if item.dense_checkpoints else "0, then"
+            lines.append(f"{name}: {steps_each}, {per_step} training sequences per step; checkpoints at {early} "
+                         f"every {item.checkpoint_every} steps and the last, each evaluated on "
                          f"{item.eval_train_examples} training examples and the validation split")
             if name == "target":
                 lines.append(f"analysis, per target checkpoint: {probes} probe samples x 2^{analysis.n_players} = "
@@ -176,7 +177,7 @@ def dry_run(config: RunConfig) -> list[str]:
                              "pass plus one continuation per label for each validation and test example (task quality)")
             continue
         total = total_steps(item, sizes[0])
-        steps = checkpoint_steps(total, item.checkpoint_every)
+        steps = checkpoint_steps(total, item.checkpoint_every, item.dense_checkpoints)
         train_seqs = total * per_step
         eval_seqs = len(steps) * (min(item.eval_train_examples, sizes[0]) + sizes[1])
         total_passes += train_seqs + eval_seqs

@@ -146,6 +146,62 @@ def left_padded(prompts: Sequence[Sequence[int]], pad: int):
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def shared_start(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading ids every prompt shares, less what would leave one of them empty (each keeps a token)."""
+    shortest = min(len(p) for p in prompts)
+    first = prompts[0]
+    for k in range(shortest - 1):
+        if any(p[k] != first[k] for p in prompts):
+            return k
+    return max(0, shortest - 1)
+
+
+def sliding_window(model) -> int | None:
+    """The shortest attention window of the model's layers (None: every layer sees the whole sequence)."""
+    config = getattr(model, "config", None)
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    types = getattr(config, "layer_types", None)
+    if types is not None and not any("sliding" in str(t) for t in types):
+        return None
+    return int(window)
+
+
+def prompt_forward(model, pad: int, prompts: Sequence[Sequence[int]], following: int = 0):
+    """The model's output at the last position of left-padded prompts, and their attention mask.
+
+    The ids every prompt of the batch begins with (a chat template's system
+    turn and role header: most of a short prompt) are computed once, at batch
+    size 1, and their cache repeated for every row; the rest is left-padded
+    after them, positions counted on from the shared part. The cache in the
+    output covers ``mask.shape[1]`` positions. A sliding-window layer counts
+    its window in cache slots, padding included, so the shared part is only
+    split off when the padded rows and the ``following`` tokens still fit in
+    the window (then the result is the same as without sharing).
+    """
+    import torch  # noqa: PLC0415
+
+    device = next(model.parameters()).device
+    start = shared_start(prompts)
+    window = sliding_window(model)
+    if start and window is not None and max(len(p) for p in prompts) + following >= window:
+        start = 0
+    ids, mask, positions = left_padded([p[start:] for p in prompts], pad)
+    extra = {}
+    if start:
+        head = model(input_ids=torch.tensor([list(prompts[0][:start])], device=device), use_cache=True,
+                     logits_to_keep=1)
+        cache = head.cache if "cache" in head else head.past_key_values
+        cache.batch_repeat_interleave(len(prompts))
+        mask = torch.cat([torch.ones((len(prompts), start), dtype=mask.dtype), mask], dim=1)
+        positions = positions + start
+        extra = {cache_argument(model): cache}
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                use_cache=True, logits_to_keep=last_position(ids), **extra)
+    return out, mask
+
+
 def right_padded(rows: Sequence[Sequence[int]], pad: int, width: int | None = None):
     """Token ids and mask of right-padded rows (``width``: at least this many columns)."""
     import torch  # noqa: PLC0415
@@ -163,10 +219,12 @@ def score_continuations(model, pad: int, prompts: Sequence[Sequence[int]],
                         continuations: Sequence[Sequence[Sequence[int]]], *, batch_size: int = 16) -> Continuations:
     """Summed log-probabilities of every continuation of every prompt, the prompt computed once.
 
-    One forward pass per batch of prompts (left-padded); its key/value cache is
-    then repeated once per continuation and continued over all continuations
-    together (right-padded), so a prompt's cost is paid once however many
-    continuations it has. Every prompt has the same number of continuations.
+    One forward pass per batch of prompts (left-padded after the ids they all
+    share, which are computed once: ``prompt_forward``); its key/value cache is
+    then repeated for every continuation of more than one token and continued
+    over all of them together (right-padded), so a prompt's cost is paid once
+    however many continuations it has; log-probabilities are taken only where a
+    continuation has a token. Every prompt has the same number of continuations.
     """
     import torch  # noqa: PLC0415
 
@@ -177,31 +235,29 @@ def score_continuations(model, pad: int, prompts: Sequence[Sequence[int]],
     first_argmax = np.zeros(len(prompts), dtype=np.int64)
     for start in range(0, len(prompts), batch_size):
         rows = range(start, min(start + batch_size, len(prompts)))
-        ids, mask, positions = left_padded([prompts[i] for i in rows], pad)
         completions = [c for i in rows for c in continuations[i]]
         with torch.no_grad():
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                        use_cache=True, logits_to_keep=last_position(ids))
-            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # distribution of the first continuation token
             cand, cand_mask = right_padded(completions, pad)
-            longest = cand.shape[1]
-            later = None
-            if longest > 1:  # later tokens: continue every prompt's cache once per continuation
+            out, mask = prompt_forward(model, pad, [prompts[i] for i in rows], following=cand.shape[1])
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # distribution of the first continuation token
+            first = first.cpu()
+            totals = first.repeat_interleave(count, 0).gather(1, cand[:, :1]).squeeze(1)  # [rows * count]
+            longer = [j for j, c in enumerate(completions) if len(c) > 1]
+            if longer:  # later tokens: continue the prompt's cache for each continuation that has them
                 cache = out.cache if "cache" in out else out.past_key_values
-                cache.batch_repeat_interleave(count)
-                real = mask.sum(-1).repeat_interleave(count)
-                cont_mask = torch.cat([mask.repeat_interleave(count, 0), cand_mask[:, :-1]], dim=1)
-                cont_pos = real[:, None] + torch.arange(longest - 1)[None]
-                cont = model(input_ids=cand[:, :-1].to(device), attention_mask=cont_mask.to(device),
+                owner = torch.tensor([j // count for j in longer])
+                cache.batch_select_indices(owner.to(device))  # a row of the cache per continuation (repeats allowed)
+                feed, feed_mask = cand[longer, :-1], cand_mask[longer, :-1]
+                cont_mask = torch.cat([mask[owner], feed_mask], dim=1)
+                cont_pos = mask.sum(-1)[owner][:, None] + torch.arange(feed.shape[1])[None]
+                cont = model(input_ids=feed.to(device), attention_mask=cont_mask.to(device),
                              position_ids=cont_pos.to(device), use_cache=True, **{cache_argument(model): cache})
-                later = torch.log_softmax(cont.logits.float(), dim=-1)
-        first = first.cpu()
-        flat_first = first.repeat_interleave(count, 0)
-        token_logp = flat_first.gather(1, cand[:, :1]).squeeze(1)  # [rows * count]
-        totals = token_logp.clone()
-        if later is not None:
-            picked = later.cpu().gather(2, cand[:, 1:, None]).squeeze(2)  # [rows * count, longest - 1]
-            totals += (picked * cand_mask[:, 1:]).sum(1)
+                # log-probabilities only where a continuation has a token (padding is most of a short batch)
+                real = cand_mask[longer, 1:].bool()
+                logp = torch.log_softmax(cont.logits[real.to(device)].float(), dim=-1).cpu()
+                picked = logp.gather(1, cand[longer, 1:][real][:, None]).squeeze(1)
+                row_of = torch.tensor(longer)[:, None].expand_as(real)[real]
+                totals.index_add_(0, row_of, picked)
         for r, i in enumerate(rows):
             for k in range(count):
                 loglik[i, k] = float(totals[r * count + k])

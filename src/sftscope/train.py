@@ -23,15 +23,15 @@ from .store import RunFolder, apply_umask, claim, is_rank_zero, run_lock, write_
 log = logging.getLogger(__name__)
 
 
-def checkpoint_steps(total_steps: int, every: int) -> list[int]:
-    """Step 0, then 1, 2, 4, ... below ``every``, then every ``every`` steps, and the last step."""
+def checkpoint_steps(total_steps: int, every: int, dense: bool = True) -> list[int]:
+    """Step 0, then 1, 2, 4, ... below ``every`` (``dense``), then every ``every`` steps, and the last step."""
     if total_steps < 1:
         raise SftscopeError(f"a run needs at least one step, got {total_steps}")
     if every < 1:
         raise SftscopeError(f"checkpoint_every must be >= 1, got {every}")
     steps = {0, total_steps}
     power = 1
-    while power < min(every, total_steps):
+    while dense and power < min(every, total_steps):
         steps.add(power)
         power *= 2
     steps.update(range(every, total_steps + 1, every))
@@ -250,7 +250,7 @@ def build_trainer(
     model.train()
     torch.manual_seed(config.seed)
     total = total_steps(config, len(train_pairs))
-    steps = checkpoint_steps(total, config.checkpoint_every)
+    steps = checkpoint_steps(total, config.checkpoint_every, config.dense_checkpoints)
     eval_train = train_pairs[: config.eval_train_examples]
     args = SFTConfig(
         output_dir=str(out),
