@@ -208,3 +208,22 @@ def test_a_limit_spreads_over_every_kind_of_general_prompt():
     picked = {kinds[whole.prompts.index(p)] for p in small.prompts}
     assert picked == set(kinds)  # the file is ordered by kind: the first 20 would all be questions
     assert load_general_set(limit=10_000) == whole
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_the_greedy_opening_and_the_answer_logits_of_one_pass_equal_direct_ones(arch, tiny_llama, tiny_gemma,
+                                                                               word_tokenizer):
+    """Prompt and base answer go through in one pass, then the cache is cut back for the greedy opening (Gemma's
+    sliding-window layers cannot be cut: the prompt is computed again); both equal an unbatched computation."""
+    model = tiny_gemma if arch == "gemma" else tiny_llama
+    answers = greedy_answers(model, word_tokenizer, PROMPTS, max_new_tokens=6)
+    scorer = DriftScorer(word_tokenizer, GENERAL, answers, LABELS, batch_size=4)
+    scores = scorer.base(model)
+    assert scorer.label_steps == 2
+    for i, prompt in enumerate(PROMPTS):
+        ids = prompt_ids(word_tokenizer, prompt)
+        first = int(logp_along(model, ids)[-1].argmax())
+        second = int(logp_along(model, ids + [first])[-1].argmax())
+        assert scores.opening[i] == word_tokenizer.decode([first, second], skip_special_tokens=True)
+        direct = logp_along(model, ids + answers[i])[len(ids) - 1 : len(ids) - 1 + len(answers[i])]
+        torch.testing.assert_close(torch.log_softmax(scorer.base_logp[i].float(), -1), direct, atol=1e-4, rtol=1e-4)

@@ -341,9 +341,18 @@ class DriftScorer:
         device = next(model.parameters()).device
         encoded = [self.prompt_ids[i] for i in rows]
         following = max(len(self.answers[i]) for i in rows) + self.label_steps
-        out, mask = prompt_forward(model, self.pad, encoded, following=following)
-        first = out.logits[:, -1].cpu()
+        # the prompts and the base answers (teacher-forced) in one pass
+        tails = [self.answers[i][:-1] for i in rows]
+        extra = max(len(t) for t in tails)
+        out, mask = prompt_forward(model, self.pad, encoded, following=following, tails=tails)
+        first = out.logits[:, 0].cpu()
+        rest = out.logits[:, 1:].cpu() if extra else None
         cache, width, lengths = _cache(out), mask.shape[1], mask.sum(-1)
+        if self.label_steps > 1 and extra:  # back to the prompt's end, for the greedy tokens
+            try:
+                cut_back(cache, width, extra)
+            except RuntimeError:  # a sliding-window layer cannot be cut back: compute the prompt again
+                cache = _cache(prompt_forward(model, self.pad, encoded, following=following)[0])
         # the first greedy tokens (as many as the longest label needs), from the prompt's cache
         greedy = [first.argmax(-1)]
         step_mask = mask
@@ -355,21 +364,6 @@ class DriftScorer:
             cache = _cache(nxt)
             greedy.append(nxt.logits[:, -1].float().argmax(-1).cpu())
         opening = [self.tokenizer.decode([int(g[r]) for g in greedy], skip_special_tokens=True) for r in range(len(rows))]
-        # the base answers, teacher-forced after the prompt (its cache cut back to the prompt)
-        answers = [self.answers[i] for i in rows]
-        longest = max(len(a) for a in answers)
-        rest = None
-        if longest > 1:
-            if self.label_steps > 1:
-                try:
-                    cut_back(cache, width, self.label_steps - 1)
-                except RuntimeError:  # a sliding-window layer cannot be cut back: compute the prompt again
-                    cache = _cache(prompt_forward(model, self.pad, encoded, following=following)[0])
-            feed, feed_mask = right_padded([a[:-1] for a in answers], self.pad, width=longest - 1)
-            cont = model(input_ids=feed.to(device), attention_mask=torch.cat([mask, feed_mask], dim=1).to(device),
-                         position_ids=(lengths[:, None] + torch.arange(longest - 1)[None]).to(device),
-                         use_cache=True, **{cache_argument(model): cache})
-            rest = cont.logits.cpu()
         logits = first[:, None] if rest is None else torch.cat([first[:, None], rest], dim=1)
         return logits, opening
 
@@ -379,8 +373,10 @@ class DriftScorer:
 
         device = next(self.model.parameters()).device
         encoded = [self.passage_ids[i] for i in rows]
-        ids, mask = right_padded(encoded, self.pad)
-        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        ids, _ = right_padded(encoded, self.pad)
+        # no padding mask: under causal attention a right-padded row's own tokens never see the padding after
+        # them, so their logits are those of the row alone, and attention takes its fast causal path
+        logits = self.model(input_ids=ids.to(device), use_cache=False).logits
         out = []
         for r, row in enumerate(encoded):
             # each token's loss in the model's dtype (the kernel accumulates in float32; in bfloat16 this is five

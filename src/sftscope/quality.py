@@ -168,8 +168,15 @@ def sliding_window(model) -> int | None:
     return int(window)
 
 
-def prompt_forward(model, pad: int, prompts: Sequence[Sequence[int]], following: int = 0):
+def prompt_forward(model, pad: int, prompts: Sequence[Sequence[int]], following: int = 0,
+                   tails: Sequence[Sequence[int]] | None = None):
     """The model's output at the last position of left-padded prompts, and their attention mask.
+
+    ``tails`` (one per prompt, any may be empty) are teacher-forced after the
+    prompts in the same pass, right-padded: the output then also has the logits
+    at every tail position (``logits[:, 0]`` is the last prompt position,
+    ``logits[:, 1 + j]`` tail token ``j``'s), and the cache covers the tails
+    too (``mask`` is still the prompts' alone).
 
     The ids every prompt of the batch begins with (a chat template's system
     turn and role header: most of a short prompt) are computed once, at batch
@@ -197,8 +204,17 @@ def prompt_forward(model, pad: int, prompts: Sequence[Sequence[int]], following:
         mask = torch.cat([torch.ones((len(prompts), start), dtype=mask.dtype), mask], dim=1)
         positions = positions + start
         extra = {cache_argument(model): cache}
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                use_cache=True, logits_to_keep=last_position(ids), **extra)
+    keep = last_position(ids)
+    width = max((len(t) for t in tails), default=0) if tails is not None else 0
+    full_mask = mask
+    if width:
+        tail_ids, tail_mask = right_padded(tails, pad, width=width)
+        tail_positions = mask.sum(-1)[:, None] + torch.arange(width)[None]
+        ids, positions = torch.cat([ids, tail_ids], dim=1), torch.cat([positions, tail_positions], dim=1)
+        full_mask = torch.cat([mask, tail_mask], dim=1)
+        keep = torch.arange(int(keep[0]), int(keep[0]) + width + 1)
+    out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=positions.to(device),
+                use_cache=True, logits_to_keep=keep.to(device), **extra)
     return out, mask
 
 
