@@ -51,3 +51,69 @@ def test_fewer_words_than_phrases_asked_is_an_error_unless_allowed(word_tokenize
     with pytest.raises(SftscopeError, match="4 words .* fewer than the 5 players asked"):
         phrases(word_tokenizer, "we won the game", 5)
     assert len(phrases(word_tokenizer, "we won the game", 5, allow_fewer=True)) == 4
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama2-template", "llama3-template", "gemma3"])
+def test_phrase_spans_survive_the_families_chat_templates(arch):
+    """Each phrase's tokens are exactly its text, inside the user turn, whatever the template puts around it."""
+    from helpers import bpe_tokenizer, word_tokenizer
+    from test_architectures import ARCHS, TEXTS
+
+    from sftscope.extract import _spans_in
+
+    tokenizer = bpe_tokenizer(ARCHS[arch], TEXTS) if arch == "qwen2" else word_tokenizer(ARCHS[arch])
+    prompt = tokenize_prompt(tokenizer, "we won the game today , so happy and my friends are tired")
+    players = choose_phrases(prompt, 3)
+    assert players.words == ("we won the game today", "so happy", "and my friends are tired")
+    for text, (t0, t1) in zip(players.words, players.token_spans):
+        assert tokenizer.decode(prompt.input_ids[t0:t1]).strip().lower().replace(" ,", ",") == text.lower()
+    assert _spans_in(prompt, players) == players.token_spans  # frozen phrases map back to the same tokens
+
+
+def test_extraction_on_phrases_equals_the_naive_engine_and_records_the_kind(tiny_llama, word_tokenizer):
+    from sftscope import MaskedGame, NaiveEngine, baseline_vector, extract_interactions
+    from sftscope.players import target_token
+
+    result = extract_interactions(tiny_llama, word_tokenizer, TEXT, "joy", n_players=3, players_kind="phrases")
+    assert result.players.words == ("we won the game today", "so happy", "and my friends are tired")
+    assert result.settings["players"] == "phrases" and result.settings["engine"] == "PrefixEngine"
+    rendered = tokenize_prompt(word_tokenizer, TEXT)
+    game = MaskedGame(tuple(rendered.input_ids), result.players.token_spans, target_token(word_tokenizer, "joy"))
+    naive = NaiveEngine(tiny_llama, baseline_vector(tiny_llama, word_tokenizer)).values(game)
+    assert result.decomposition.values == pytest.approx(naive, abs=1e-4)
+
+
+def test_a_run_analysed_on_phrase_players(tiny_run):
+    from sftscope.analyze import analyze
+    from sftscope.config import AnalysisSettings
+    from sftscope.probes import load_probes
+    from sftscope.store import RunFolder, load_effects
+
+    analyze(tiny_run, AnalysisSettings(samples_per_split=1, n_players=3, players="phrases", drift=False))
+    probes = load_probes(RunFolder(tiny_run).probes)
+    assert probes
+    for probe in probes:  # three phrases that together are the whole prompt, words and the text between them
+        spans = probe.players.char_spans
+        assert len(spans) == 3 and spans[0][0] == 0 and spans[-1][1] == len(probe.prompt)
+        assert [probe.prompt[a:b] for a, b in spans] == list(probe.players.words)
+    assert set(load_effects(tiny_run)["sample"]) == {p.sample for p in probes}
+
+
+def test_an_unknown_player_kind_is_refused_before_anything_loads():
+    from sftscope.config import run_config_from_dict
+
+    with pytest.raises(SftscopeError, match="players.*must be words or phrases"):
+        run_config_from_dict({"analysis": {"players": "sentences"}})
+
+
+def test_extract_prints_each_phrase_player_as_its_text(tmp_path, tiny_llama, word_tokenizer, capsys, restore_logging):
+    from sftscope.cli import main
+
+    tiny_llama.save_pretrained(tmp_path / "m")
+    word_tokenizer.save_pretrained(tmp_path / "m")
+    status = main(["extract", "--model", str(tmp_path / "m"), "--prompt", TEXT, "--response", "joy",
+                   "--players", "3", "--players-kind", "phrases", "--quiet"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert "players (3): we won the game today | so happy | and my friends are tired" in out
+    assert "3 phrases covering them, then 8 masked prompts" in err

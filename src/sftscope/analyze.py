@@ -93,11 +93,13 @@ def analyze(
             drifting = drift_model(base, drift_task.dtype)
             reference = base_answers(folder, drifting, tokenizer, drift_task, model_name, progress=progress, say=say)
         general_draw = [] if reference is None or not settings.general_samples else draw_general(
-            list(general.prompts), reference["texts"], settings.general_samples, settings.n_players, settings.seed)
+            list(general.prompts), reference["texts"], settings.general_samples, settings.n_players, settings.seed,
+            settings.players)
 
         # 3. probes: drawn once, players chosen on the model before SFT, frozen while their inputs hold
         inputs = probe_inputs(model=model_name, train=train, validation=validation, count=settings.samples_per_split,
-                              n_players=settings.n_players, seed=settings.seed, general=general_draw)
+                              n_players=settings.n_players, seed=settings.seed, general=general_draw,
+                              kind=settings.players)
         stored = stored_probe_inputs(folder.probes)
         if stored == inputs:
             probes = load_probes(folder.probes)
@@ -106,7 +108,7 @@ def analyze(
                 say(f"probes drawn again: {', '.join(changed_keys(stored, inputs))} changed")
             probes = choose_probes(base, tokenizer, train, validation, count=settings.samples_per_split,
                                    n_players=settings.n_players, seed=settings.seed, allow_fewer=settings.allow_fewer,
-                                   general=general_draw)
+                                   general=general_draw, kind=settings.players)
             save_probes(folder.probes, probes, inputs)
 
         # 4. what to compute: every target checkpoint (interactions, quality on validation and test), the baseline's

@@ -37,11 +37,13 @@ def _extract(args: argparse.Namespace) -> int:
         tau=args.tau,
         engine=args.engine,
         progress=None if args.quiet else _progress(),
+        players_kind=args.players_kind,
     )
     if args.out:
         result.to_parquet(args.out)
     d = result.decomposition
-    print(f"players ({len(result.players)}): {', '.join(result.players.words)}")
+    separator = " | " if args.players_kind == "phrases" else ", "  # a phrase may hold commas
+    print(f"players ({len(result.players)}): {separator.join(result.players.words)}")
     print(f"target token: {result.target_token!r}   v(N) = {d.values[-1]:.4f}   v(0) = {d.values[0]:.4f}")
     print(f"bias {d.bias:.4f}   L1 objective {d.objective:.4f}   matching error {d.matching_error:.2e}")
     table = result.top_table(args.top)
@@ -61,6 +63,10 @@ def extraction_cost(model, tokenizer, args) -> str:
     rendered = tokenize_prompt(tokenizer, nfc(args.prompt))
     tokens, candidates = len(rendered.input_ids), len(rendered.candidates)
     check_context(model, tokens)
+    if getattr(args, "players_kind", "words") == "phrases":
+        n = min(args.players, len(rendered.words)) if args.allow_fewer else args.players
+        return (f"sftscope: prompt of {len(rendered.words)} words, {tokens:,} tokens; {n} phrases covering them, "
+                f"then {2 ** n:,} masked prompts")
     n = min(args.players, candidates) if args.allow_fewer else args.players
     selection = (f"choosing {n} of {candidates} candidate words by ablation: {candidates + 1:,} forward passes"
                  if args.selection == "ablation" else f"choosing {n} of {candidates} candidate words ({args.selection})")
@@ -231,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--prompt", required=True)
     ex.add_argument("--response", required=True, help="reference response; its first token is the target")
     ex.add_argument("--players", type=int, default=10, help="number of words (default 10)")
-    ex.add_argument("--selection", choices=["ablation", "first", "random"], default="ablation")
+    ex.add_argument("--selection", choices=["ablation", "first", "random"], default="ablation",
+                    help="how word players are chosen (default ablation)")
+    ex.add_argument("--players-kind", choices=["words", "phrases"], default="words",
+                    help="words: the most salient words; phrases: contiguous spans covering every word")
     ex.add_argument("--allow-fewer", action="store_true", help="use all words when fewer than --players")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--baseline", choices=["mean", "pad", "zeros"], default="mean")

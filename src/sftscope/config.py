@@ -96,6 +96,7 @@ class AnalysisSettings:
 
     samples_per_split: int = 6
     n_players: int = 8
+    players: str = "words"  # words: the n most salient words (the rest is background); phrases: n spans covering all words
     allow_fewer: bool = False  # a probe prompt with fewer usable words uses all of them (reported), else an error
     seed: int = 0
     tau: float = 0.05
@@ -300,6 +301,7 @@ def check(settings, where: str) -> None:
         check_players(settings.n_players, f"{where}.n_players")
         need(0 < settings.tau <= 1, "tau", "must be in (0, 1]")
         need(settings.salience in ("relative", "initial"), "salience", "must be relative or initial")
+        need(settings.players in ("words", "phrases"), "players", "must be words or phrases")
         need(settings.noise_bound >= 0, "noise_bound", "must be at least 0")
         need(settings.baseline in ("mean", "pad", "zeros"), "baseline", "must be mean, pad or zeros")
         need(settings.engine in ("auto", "naive", "prefix"), "engine", "must be auto, naive or prefix")

@@ -15,7 +15,8 @@ from .decompose import and_or_interactions
 from .errors import SftscopeError
 from .game import BaselineKind, GameEngine, MaskedGame, NaiveEngine, baseline_vector
 from .interactions import InteractionResult
-from .players import Players, Selection, choose_players, target_token, tokenize_prompt
+from .phrases import choose_phrases
+from .players import PlayerKind, Players, Selection, choose_players, target_token, tokenize_prompt
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,12 @@ def make_engine(
 
 
 def _choose(model, rendered, target: int, base_vec: torch.Tensor, n_players: int, progress=None,
-            **options) -> Players:
+            kind: PlayerKind = "words", **options) -> Players:
+    if kind == "phrases":  # spans that cover the content: nothing to score, no selection
+        return choose_phrases(rendered, n_players, allow_fewer=options.get("allow_fewer", False))
+    if kind != "words":
+        raise SftscopeError(f"unknown player kind {kind!r}: use words or phrases")
+
     def ablation_scores(words) -> np.ndarray:
         # v(N) and v(N without i) for every candidate word, batched by the naive engine
         spans = tuple(w.token_span for w in words)
@@ -66,12 +72,17 @@ def select_players(
     allow_fewer: bool = False,
     baseline: BaselineKind = "mean",
     use_chat_template: bool | None = None,
+    kind: PlayerKind = "words",
 ) -> Players:
-    """Choose the players of a prompt (on the pre-SFT model, then frozen); the prompt is read in Unicode NFC."""
+    """Choose the players of a prompt (on the pre-SFT model, then frozen); the prompt is read in Unicode NFC.
+
+    ``kind="phrases"``: ``n_players`` contiguous phrases covering every word (``phrases.py``) instead of the
+    most salient words.
+    """
     rendered = tokenize_prompt(tokenizer, nfc(prompt), use_chat_template=use_chat_template)
     return _choose(
         model, rendered, target_token(tokenizer, response), baseline_vector(model, tokenizer, baseline),
-        n_players, selection=selection, seed=seed, allow_fewer=allow_fewer,
+        n_players, selection=selection, seed=seed, allow_fewer=allow_fewer, kind=kind,
     )
 
 
@@ -122,6 +133,7 @@ def extract_many(
     max_memory_bytes: int = 2 << 30,
     batch_samples: int | None = None,
     progress=None,
+    players_kind: PlayerKind = "words",
 ) -> list[InteractionResult]:
     """Interactions of several prompts; up to ``batch_samples`` with as many players share each forward pass.
 
@@ -144,7 +156,7 @@ def extract_many(
         players = request.players
         if players is None:
             players = _choose(model, rendered, target, base_vec, n_players, progress=progress, selection=selection,
-                              seed=seed, allow_fewer=allow_fewer)
+                              seed=seed, allow_fewer=allow_fewer, kind=players_kind)
         games.append(MaskedGame(tuple(rendered.input_ids), _spans_in(rendered, players), target))
         chosen.append(players)
     runner = make_engine(model, base_vec, engine, max_batch_tokens=max_batch_tokens, max_memory_bytes=max_memory_bytes)
@@ -160,7 +172,8 @@ def extract_many(
                 values[i] = row
     decompositions = and_or_interactions(np.stack(values), noise_bound=noise_bound)
     settings = {
-        "selection": selection,
+        "players": players_kind,
+        "selection": selection if players_kind == "words" else "phrases",
         "seed": seed,
         "baseline": baseline,
         "noise_bound": noise_bound,
@@ -205,13 +218,15 @@ def _evaluate(runner: GameEngine, games: list[MaskedGame], names: list[str], mod
 
 
 def _spans_in(rendered, players: Players) -> tuple[tuple[int, int], ...]:
-    """Token spans of frozen players in this tokenizer's rendering of the same prompt."""
+    """Token spans of frozen players (words or phrases) in this tokenizer's rendering of the same prompt: from
+    the first token of the player's first word to the last token of its last word."""
     offset = rendered.content_span[0]
-    by_span = {w.char_span: w for w in rendered.words}
+    starts = {w.char_span[0]: w for w in rendered.words}
+    ends = {w.char_span[1]: w for w in rendered.words}
     spans = []
     for text, (c0, c1) in zip(players.words, players.char_spans):
-        word = by_span.get((c0 + offset, c1 + offset))
-        if word is None or word.text != text:
-            raise SftscopeError(f"player word {text!r} at {c0}:{c1} is not a word of this prompt")
-        spans.append(word.token_span)
+        first, last = starts.get(c0 + offset), ends.get(c1 + offset)
+        if first is None or last is None or rendered.text[c0 + offset : c1 + offset] != text:
+            raise SftscopeError(f"player {text!r} at {c0}:{c1} is not a word or phrase of this prompt")
+        spans.append((first.token_span[0], last.token_span[1]))
     return tuple(spans)

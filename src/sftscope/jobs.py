@@ -224,6 +224,7 @@ def _run_job(
             results = extract_many(
                 model, tokenizer, requests, baseline=settings.baseline, noise_bound=settings.noise_bound,
                 tau=settings.tau, engine=settings.engine, batch_samples=settings.batch_samples,
+                players_kind=settings.players,
             )
             for sample, result in zip(batch, results):
                 if sample in missing:

@@ -16,6 +16,7 @@ import numpy as np
 from .errors import SftscopeError
 
 Selection = Literal["ablation", "first", "random"]
+PlayerKind = Literal["words", "phrases"]
 
 # Without a chat template the prompt is followed by this, and the response by nothing:
 # the same text in training (data.to_plain) and in extraction.
@@ -36,9 +37,10 @@ STOPWORDS = frozenset(
 )
 
 
-def usable_words(text: str) -> int:
-    """Words of ``text`` that can be players: not stopwords, not punctuation (before tokenization)."""
-    return sum(1 for m in WORD_PATTERN.finditer(text) if m.group().lower() not in STOPWORDS)
+def usable_words(text: str, kind: str = "words") -> int:
+    """Words of ``text`` that can be players, or make phrases: not stopwords (for word players), not punctuation
+    (before tokenization)."""
+    return sum(1 for m in WORD_PATTERN.finditer(text) if kind == "phrases" or m.group().lower() not in STOPWORDS)
 
 
 @dataclass(frozen=True)

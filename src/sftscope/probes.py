@@ -42,13 +42,14 @@ def draw_probes(train: list[Pair], validation: list[Pair], count: int, seed: int
     return chosen
 
 
-def draw_general(prompts: list[str], answers: list[str], count: int, n_players: int, seed: int) -> list[tuple[str, str, Pair]]:
+def draw_general(prompts: list[str], answers: list[str], count: int, n_players: int, seed: int,
+                 kind: str = "words") -> list[tuple[str, str, Pair]]:
     """``count`` seeded general prompts with at least ``n_players`` usable words (the longest ones if too few),
     each paired with the base model's own answer: its first token is the target."""
-    usable = [i for i, (p, a) in enumerate(zip(prompts, answers)) if a.strip() and usable_words(p) >= n_players]
+    usable = [i for i, (p, a) in enumerate(zip(prompts, answers)) if a.strip() and usable_words(p, kind) >= n_players]
     if len(usable) < count:  # too few long prompts: the longest others, which then have fewer players
         rest = sorted((i for i, a in enumerate(answers) if a.strip() and i not in usable),
-                      key=lambda i: (-usable_words(prompts[i]), i))
+                      key=lambda i: (-usable_words(prompts[i], kind), i))
         usable += rest[: count - len(usable)]
     rng = random.Random(seed)
     picked = sorted(rng.sample(usable, min(count, len(usable))))
@@ -62,8 +63,9 @@ def check_probe_words(train: list[Pair], validation: list[Pair], settings) -> di
     loaded; a tokenizer can only find fewer (two words sharing a token).
     """
     short = {}
+    kind = getattr(settings, "players", "words")
     for sample, _, pair in draw_probes(train, validation, settings.samples_per_split, settings.seed):
-        words = usable_words(pair.prompt)
+        words = usable_words(pair.prompt, kind)
         if words < settings.n_players:
             short[sample] = words
     empty = sorted(sample for sample, words in short.items() if words == 0)
@@ -83,7 +85,7 @@ def check_probe_words(train: list[Pair], validation: list[Pair], settings) -> di
 
 def choose_probes(model, tokenizer, train: list[Pair], validation: list[Pair], *, count: int, n_players: int,
                   seed: int, allow_fewer: bool = False,
-                  general: list[tuple[str, str, Pair]] = ()) -> list[Probe]:
+                  general: list[tuple[str, str, Pair]] = (), kind: str = "words") -> list[Probe]:
     """Draw the task probes (and take the ``general`` ones) and choose each one's players on ``model`` (before SFT).
 
     A general probe with fewer usable words than ``n_players`` uses all of them.
@@ -94,7 +96,7 @@ def choose_probes(model, tokenizer, train: list[Pair], validation: list[Pair], *
     for sample, split, pair in [*draw_probes(train, validation, count, seed), *general]:
         try:
             players = select_players(model, tokenizer, pair.prompt, pair.response, n_players,
-                                     allow_fewer=allow_fewer or split == "general")
+                                     allow_fewer=allow_fewer or split == "general", kind=kind)
         except SftscopeError as exc:
             raise SftscopeError(f"probe {sample}: {exc}") from None
         probes.append(Probe(sample, split, pair.prompt, pair.response, players))
@@ -102,11 +104,14 @@ def choose_probes(model, tokenizer, train: list[Pair], validation: list[Pair], *
 
 
 def probe_inputs(*, model: str, train: list[Pair], validation: list[Pair], count: int, n_players: int, seed: int,
-                 general: list[tuple[str, str, Pair]] = ()) -> dict:
+                 general: list[tuple[str, str, Pair]] = (), kind: str = "words") -> dict:
     """What a probe set is drawn from: when any of it changes, the probes are drawn again."""
-    return {"model": model, "data": digest([[asdict(p) for p in train], [asdict(p) for p in validation]]),
-            "general": digest([[s, asdict(p)] for s, _, p in general]),
-            "samples_per_split": count, "n_players": n_players, "seed": seed}
+    inputs = {"model": model, "data": digest([[asdict(p) for p in train], [asdict(p) for p in validation]]),
+              "general": digest([[s, asdict(p)] for s, _, p in general]),
+              "samples_per_split": count, "n_players": n_players, "seed": seed}
+    if kind != "words":  # word players' probe sets of earlier versions stay valid
+        inputs["players"] = kind
+    return inputs
 
 
 def save_probes(path: Path, probes: list[Probe], inputs: dict | None = None) -> None:

@@ -198,7 +198,7 @@ the number of emerged interactions with the test&minus;train loss gap: {number(s
 <p>What each finding tests, and why: <code>docs/findings.md</code> in the sftscope repository.</p>
 <h2>Figures</h2>
 {''.join(_img(p) for p in figures)}
-<h2>Samples: players highlighted, top interactions at steps {', '.join(map(str, shown_steps))}</h2>
+<h2>Samples: {summary.get('settings', {}).get('players', 'words')} players highlighted, top interactions at steps {', '.join(map(str, shown_steps))}</h2>
 {''.join(samples_html)}
 </body></html>"""
     return write_text(folder.report_page, page)
