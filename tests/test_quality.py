@@ -8,8 +8,8 @@ import torch
 
 from sftscope import SftscopeError
 from sftscope.data import Pair
-from sftscope.quality import (cache_argument, encode, label_set, macro_f1, prompt_forward, score_candidates,
-                              score_continuations, score_split, shared_start)
+from sftscope.quality import (cache_argument, encode, label_set, macro_f1, output_cache, prompt_forward,
+                              score_candidates, score_continuations, score_split, shared_start)
 
 PAIRS = [
     Pair("classify emotion : we won the game today", "joy"),
@@ -78,7 +78,7 @@ def test_a_shared_start_computed_once_gives_the_direct_logits_and_cache(arch, sh
         following = torch.tensor([[70], [71], [72]])
         step = model(input_ids=following, attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1),
                      position_ids=mask.sum(-1)[:, None], use_cache=True,
-                     **{cache_argument(model): out.cache if "cache" in out else out.past_key_values})
+                     **{cache_argument(model): output_cache(out)})
         for r, prompt in enumerate(prompts):
             direct = model(torch.tensor([prompt + [70 + r]])).logits[0]
             torch.testing.assert_close(out.logits[r, -1], direct[-2], atol=1e-5, rtol=1e-5)

@@ -63,7 +63,7 @@ def extraction_cost(model, tokenizer, args) -> str:
     rendered = tokenize_prompt(tokenizer, nfc(args.prompt))
     tokens, candidates = len(rendered.input_ids), len(rendered.candidates)
     check_context(model, tokens)
-    if getattr(args, "players_kind", "words") == "phrases":
+    if args.players_kind == "phrases":
         n = min(args.players, len(rendered.words)) if args.allow_fewer else args.players
         return (f"sftscope: prompt of {len(rendered.words)} words, {tokens:,} tokens; {n} phrases covering them, "
                 f"then {2 ** n:,} masked prompts")

@@ -40,7 +40,7 @@ import numpy as np
 
 from .data import Pair, jsonl_records, chat_messages, nfc, plain_prompt
 from .errors import SftscopeError
-from .quality import cache_argument, pad_id, prompt_forward, right_padded, score_continuations
+from .quality import cache_argument, output_cache, pad_id, prompt_forward, right_padded, score_continuations
 
 MAX_NEW_TOKENS = 32
 BOOTSTRAP = 1000  # resamples for the 95% intervals (seeded: the same numbers every time)
@@ -175,7 +175,7 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
         batch = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
         with torch.no_grad():
             out, mask = prompt_forward(model, pad, batch, following=max_new_tokens)
-            cache = _cache(out)
+            cache = output_cache(out)
             rows = [[] for _ in batch]
             done = [False] * len(batch)
             token = out.logits[:, -1].float().argmax(-1)
@@ -191,7 +191,7 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
                 out = model(input_ids=token[:, None].to(device), attention_mask=mask.to(device),
                             position_ids=(lengths + step)[:, None].to(device), use_cache=True,
                             **{cache_argument(model): cache})
-                cache = _cache(out)
+                cache = output_cache(out)
                 token = out.logits[:, -1].float().argmax(-1)
         answers += rows
         if bar:
@@ -208,10 +208,6 @@ def cut_back(cache, length: int, extra: int) -> None:
         cache.crop(-extra)
     except ValueError:
         cache.crop(length)
-
-
-def _cache(out):
-    return out.cache if "cache" in out else out.past_key_values
 
 
 # --------------------------------------------------------------------------- one model state on the data
@@ -269,11 +265,11 @@ class DriftScorer:
         label_tokens = [len(tokenizer(" " + label, add_special_tokens=False)["input_ids"]) for label in labels or []]
         self.label_steps = min(MAX_NEW_TOKENS, max(label_tokens, default=0) + 1) if labels else 1
         self.base_logp: list | None = None  # per prompt: the base model's logits along its answer [length, vocab]
+        self.base_argmax: list | None = None  # per prompt: the base model's most likely token at each answer position
         self.base_scores: StateScores | None = None
 
     def base(self, model, progress: Callable | None = None) -> StateScores:
         """Score the base model (``model`` is it: a base model, or a PEFT model with its adapter disabled)."""
-        self.base_logp = []
         self.base_scores = self._score(model, progress, keep=True)
         return self.base_scores
 
@@ -347,12 +343,12 @@ class DriftScorer:
         out, mask = prompt_forward(model, self.pad, encoded, following=following, tails=tails)
         first = out.logits[:, 0].cpu()
         rest = out.logits[:, 1:].cpu() if extra else None
-        cache, width, lengths = _cache(out), mask.shape[1], mask.sum(-1)
+        cache, width, lengths = output_cache(out), mask.shape[1], mask.sum(-1)
         if self.label_steps > 1 and extra:  # back to the prompt's end, for the greedy tokens
             try:
                 cut_back(cache, width, extra)
             except RuntimeError:  # a sliding-window layer cannot be cut back: compute the prompt again
-                cache = _cache(prompt_forward(model, self.pad, encoded, following=following)[0])
+                cache = output_cache(prompt_forward(model, self.pad, encoded, following=following)[0])
         # the first greedy tokens (as many as the longest label needs), from the prompt's cache
         greedy = [first.argmax(-1)]
         step_mask = mask
@@ -361,7 +357,7 @@ class DriftScorer:
             nxt = model(input_ids=greedy[-1][:, None].to(device), attention_mask=step_mask.to(device),
                         position_ids=(lengths + step - 1)[:, None].to(device), use_cache=True,
                         **{cache_argument(model): cache})
-            cache = _cache(nxt)
+            cache = output_cache(nxt)
             greedy.append(nxt.logits[:, -1].float().argmax(-1).cpu())
         opening = [self.tokenizer.decode([int(g[r]) for g in greedy], skip_special_tokens=True) for r in range(len(rows))]
         logits = first[:, None] if rest is None else torch.cat([first[:, None], rest], dim=1)

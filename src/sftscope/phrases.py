@@ -57,16 +57,15 @@ def fit_phrases(count: int, cuts: Sequence[int], allowed: set[int], n: int) -> l
         i = sizes.index(min(sizes))
         phrases[i : i + 2] = [(phrases[i][0], phrases[i + 1][1])]
     while len(phrases) < n:
-        splittable = [(end - start, -i) for i, (start, end) in enumerate(phrases)
-                      if any(k in allowed for k in range(start + 1, end))]
+        splittable = [i for i, (start, end) in enumerate(phrases) if any(k in allowed for k in range(start + 1, end))]
         if not splittable:
             raise SftscopeError(f"the prompt's {count} words cannot be cut into {n} phrases (words share tokens)")
-        _, minus_i = max(splittable)
-        start, end = phrases[-minus_i]
+        i = max(splittable, key=lambda i: (phrases[i][1] - phrases[i][0], -i))  # the longest, the leftmost of ties
+        start, end = phrases[i]
         middle = start + (end - start + 1) // 2
         # the allowed boundary nearest the middle (ties: the earlier one)
         cut = min((k for k in range(start + 1, end) if k in allowed), key=lambda k: (abs(k - middle), k))
-        phrases[-minus_i : -minus_i + 1] = [(start, cut), (cut, end)]
+        phrases[i : i + 1] = [(start, cut), (cut, end)]
     return phrases
 
 

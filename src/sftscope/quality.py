@@ -168,6 +168,11 @@ def sliding_window(model) -> int | None:
     return int(window)
 
 
+def output_cache(out):
+    """The key/value cache of a model output: ``cache`` (transformers 5.2x) or ``past_key_values`` (earlier)."""
+    return out.cache if "cache" in out else out.past_key_values
+
+
 def prompt_forward(model, pad: int, prompts: Sequence[Sequence[int]], following: int = 0,
                    tails: Sequence[Sequence[int]] | None = None):
     """The model's output at the last position of left-padded prompts, and their attention mask.
@@ -199,7 +204,7 @@ def prompt_forward(model, pad: int, prompts: Sequence[Sequence[int]], following:
     if start:
         head = model(input_ids=torch.tensor([list(prompts[0][:start])], device=device), use_cache=True,
                      logits_to_keep=1)
-        cache = head.cache if "cache" in head else head.past_key_values
+        cache = output_cache(head)
         cache.batch_repeat_interleave(len(prompts))
         mask = torch.cat([torch.ones((len(prompts), start), dtype=mask.dtype), mask], dim=1)
         positions = positions + start
@@ -260,7 +265,7 @@ def score_continuations(model, pad: int, prompts: Sequence[Sequence[int]],
             totals = first.repeat_interleave(count, 0).gather(1, cand[:, :1]).squeeze(1)  # [rows * count]
             longer = [j for j, c in enumerate(completions) if len(c) > 1]
             if longer:  # later tokens: continue the prompt's cache for each continuation that has them
-                cache = out.cache if "cache" in out else out.past_key_values
+                cache = output_cache(out)
                 owner = torch.tensor([j // count for j in longer])
                 cache.batch_select_indices(owner.to(device))  # a row of the cache per continuation (repeats allowed)
                 feed, feed_mask = cand[longer, :-1], cand_mask[longer, :-1]

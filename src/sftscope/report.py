@@ -25,6 +25,7 @@ from .probes import TASK_SPLITS, load_probes
 from .stopping import benchmark_record
 from .store import RunFolder, load_effects, read_json, read_losses, write_text
 
+PLAYER_NOUN = {"words": "word", "phrases": "phrase"}  # analysis.players, as the samples' heading names it
 CLEARLY_BETTER = 0.02  # accuracy: a checkpoint this much better than the recommended one is called out
 
 
@@ -198,7 +199,7 @@ the number of emerged interactions with the test&minus;train loss gap: {number(s
 <p>What each finding tests, and why: <code>docs/findings.md</code> in the sftscope repository.</p>
 <h2>Figures</h2>
 {''.join(_img(p) for p in figures)}
-<h2>Samples: {summary.get('settings', {}).get('players', 'words')} players highlighted, top interactions at steps {', '.join(map(str, shown_steps))}</h2>
+<h2>Samples: {PLAYER_NOUN.get(summary.get('settings', {}).get('players'), 'word')} players highlighted, top interactions at steps {', '.join(map(str, shown_steps))}</h2>
 {''.join(samples_html)}
 </body></html>"""
     return write_text(folder.report_page, page)
