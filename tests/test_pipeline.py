@@ -98,9 +98,11 @@ def test_dry_run_counts_a_local_run(tmp_path, capsys, restore_logging):
                     "analysis: {samples_per_split: 2, n_players: 5}\n", encoding="utf-8")
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    # target: checkpoints 0 1 2 4 8 16 32 40 = 8; (2 train + 2 validation + 4 general) probes x 32 masks x 8,
-    # and the baseline's 4 task probes x 32
-    assert "8 checkpoints (0, 1, 2, 4, 8, 16, 32, 40)" in out and f"{8 * 32 * 8 + 4 * 32:,} masked prompts" in out
+    # target: checkpoints 0 1 2 4 8 16 32 40 = 8; (2 train + 2 validation + 4 general) probes x (32 masks + 1 for
+    # coverage + 256 for the whole-prompt R²) x 8, and the baseline's 4 task probes x the same
+    per_result = 32 + 1 + 256
+    assert "8 checkpoints (0, 1, 2, 4, 8, 16, 32, 40)" in out
+    assert f"{8 * per_result * 8 + 4 * per_result:,} masked prompts" in out
     assert "64 train / 60 validation / 60 test examples" in out
     # task quality: 60 validation + 60 test examples x 8 checkpoints x (a prompt pass + a continuation per label)
     assert f"120 validation and test examples at 8 checkpoints: {120 * 8 * 6:,} sequences (a prompt pass and 5 " \

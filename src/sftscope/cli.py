@@ -38,6 +38,7 @@ def _extract(args: argparse.Namespace) -> int:
         engine=args.engine,
         progress=None if args.quiet else _progress(),
         players_kind=args.players_kind,
+        whole_prompt_masks=args.whole_prompt_masks,
     )
     if args.out:
         result.to_parquet(args.out)
@@ -46,6 +47,7 @@ def _extract(args: argparse.Namespace) -> int:
     print(f"players ({len(result.players)}): {separator.join(result.players.words)}")
     print(f"target token: {result.target_token!r}   v(N) = {d.values[-1]:.4f}   v(0) = {d.values[0]:.4f}")
     print(f"bias {d.bias:.4f}   L1 objective {d.objective:.4f}   matching error {d.matching_error:.2e}")
+    print(whole_prompt_line(result.whole))
     table = result.top_table(args.top)
     print(f"{len(result.salient())} salient interactions (tau = {args.tau}); top {len(table)}:")
     print(table.to_string(index=False) if len(table) else "(none)")
@@ -63,16 +65,28 @@ def extraction_cost(model, tokenizer, args) -> str:
     rendered = tokenize_prompt(tokenizer, nfc(args.prompt))
     tokens, candidates = len(rendered.input_ids), len(rendered.candidates)
     check_context(model, tokens)
+    whole = f"; whole-prompt checks: {1 + args.whole_prompt_masks:,} more" if args.players_kind == "words" else ""
     if args.players_kind == "phrases":
-        n = min(args.players, len(rendered.words)) if args.allow_fewer else args.players
+        from .phrases import choose_phrases  # noqa: PLC0415
+
+        n = len(choose_phrases(rendered, args.players, allow_fewer=args.allow_fewer))
         return (f"sftscope: prompt of {len(rendered.words)} words, {tokens:,} tokens; {n} phrases covering them, "
-                f"then {2 ** n:,} masked prompts")
+                f"then {2 ** n:,} masked prompts (+1 for coverage)")
     n = min(args.players, candidates) if args.allow_fewer else args.players
     selection = (f"choosing {n} of {candidates} candidate words by ablation: {candidates + 1:,} forward passes"
                  if args.selection == "ablation" else f"choosing {n} of {candidates} candidate words ({args.selection})")
     hint = ("; --selection first skips the ablation" if args.selection == "ablation" and candidates > 200 else "")
     return (f"sftscope: prompt of {len(rendered.words)} words, {tokens:,} tokens; {selection}, then {2 ** n:,} masked "
-            f"prompts{hint}")
+            f"prompts{whole}{hint}")
+
+
+def whole_prompt_line(whole) -> str:
+    """How much of the whole prompt the result explains, in one line."""
+    r2 = "not computed (--whole-prompt-masks 0)" if whole.masks == 0 else (
+        "undefined (the output does not vary)" if whole.r2 != whole.r2 else f"{whole.r2:.3f}")
+    return (f"whole prompt: masking the players moves v by {whole.players_effect:+.4f}, masking all {whole.units} "
+            f"units of the content by {whole.content_effect:+.4f} (coverage {whole.coverage:.3f}); "
+            f"R² of the fit on {whole.masks} random masks over all units: {r2}")
 
 
 def _result_path(out: str) -> str:
@@ -242,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--players-kind", choices=["words", "phrases"], default="words",
                     help="words: the most salient words; phrases: contiguous spans covering every word")
     ex.add_argument("--allow-fewer", action="store_true", help="use all words when fewer than --players")
+    ex.add_argument("--whole-prompt-masks", type=int, default=256,
+                    help="random masks over all content words for the whole-prompt R² (default 256; 0 skips it)")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--baseline", choices=["mean", "pad", "zeros"], default="mean")
     ex.add_argument("--noise-bound", type=float, default=0.02, help="lambda of the q bound (default 0.02)")

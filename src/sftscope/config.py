@@ -114,6 +114,7 @@ class AnalysisSettings:
     threads: int = 2  # CPU threads of every extraction and scoring job, serial or on Ray (one count: identical rows)
     drift: bool = True  # general-capability drift at every checkpoint (KL, general text, knowledge, format)
     general_prompts: str | None = None  # your own general prompts (JSONL, {"prompt": ...} per line); default: shipped
+    whole_prompt_masks: int = 256  # random masks over all content words per result for whole-prompt R² (0: skip; free for phrases)
     general_samples: int = 4  # general prompts analysed for interactions at every checkpoint (the "general" split)
     drift_dtype: str = "auto"  # bfloat16 where native (3x faster on such CPUs), else float32; or name one
     drift_limit: int | None = None  # N prompts, passages and items, evenly spread over the general set (cheaper, noisier)
@@ -312,6 +313,7 @@ def check(settings, where: str) -> None:
         need(settings.batch_samples >= 1, "batch_samples", "must be at least 1")
         need(1 <= settings.threads <= 1024, "threads", "must be at least 1")
         need(settings.general_samples >= 0, "general_samples", "must be 0 or more")
+        need(settings.whole_prompt_masks >= 0, "whole_prompt_masks", "must be 0 (skip R²) or more")
         need(settings.drift_limit is None or settings.drift_limit >= 4, "drift_limit", "must be at least 4 (or null: all)")
         need(not (settings.stop_rule == "best_within_drift" and not settings.drift), "stop_rule",
              "best_within_drift needs drift (analysis.drift: true)")

@@ -155,6 +155,10 @@ class AndOrDecomposition:
     def n_players(self) -> int:
         return _num_players(len(self.values))
 
+    def fitted(self) -> np.ndarray:
+        """The AND-OR model's output on every mask, ``v(S) + q(S)``."""
+        return reconstruct(self.and_effects, self.or_effects)
+
     @property
     def bias(self) -> float:
         """Order-0 terms ``I_and(0) + I_or(0)``: not an interaction."""

@@ -17,6 +17,7 @@ from .game import BaselineKind, GameEngine, MaskedGame, NaiveEngine, baseline_ve
 from .interactions import InteractionResult
 from .phrases import choose_phrases
 from .players import PlayerKind, Players, Selection, choose_players, target_token, tokenize_prompt
+from .wholeprompt import DEFAULT_MASKS, whole_prompt
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,13 @@ def extract_many(
     batch_samples: int | None = None,
     progress=None,
     players_kind: PlayerKind = "words",
+    whole_prompt_masks: int = DEFAULT_MASKS,
 ) -> list[InteractionResult]:
     """Interactions of several prompts; up to ``batch_samples`` with as many players share each forward pass.
+
+    Every result also carries its whole-prompt checks (``wholeprompt.py``):
+    coverage (one more masked prompt) and R² on ``whole_prompt_masks`` random
+    masks over all content words (0: R² not computed; free for phrase players).
 
     ``batch_samples=None``: 4 on an accelerator, 1 on CPU (where a saturated
     CPU gains nothing and padding costs 10-20%, see BENCHMARKS.md). The
@@ -147,7 +153,9 @@ def extract_many(
     if batch_samples < 1:
         raise SftscopeError(f"batch_samples must be >= 1, got {batch_samples}")
     base_vec = baseline_vector(model, tokenizer, baseline)
-    games, chosen = [], []
+    if whole_prompt_masks < 0:
+        raise SftscopeError(f"whole_prompt_masks must be >= 0, got {whole_prompt_masks}")
+    games, chosen, renderings = [], [], []
     requests = [replace(r, prompt=nfc(r.prompt), response=nfc(r.response)) for r in requests]  # "é" is one letter
     for request in requests:
         rendered = tokenize_prompt(tokenizer, request.prompt, use_chat_template=use_chat_template)
@@ -159,6 +167,7 @@ def extract_many(
                               seed=seed, allow_fewer=allow_fewer, kind=players_kind)
         games.append(MaskedGame(tuple(rendered.input_ids), _spans_in(rendered, players), target))
         chosen.append(players)
+        renderings.append(rendered)
     runner = make_engine(model, base_vec, engine, max_batch_tokens=max_batch_tokens, max_memory_bytes=max_memory_bytes)
     values: list[np.ndarray | None] = [None] * len(games)
     by_size: dict[int, list[int]] = {}
@@ -171,6 +180,11 @@ def extract_many(
             for i, row in zip(batch, _evaluate(runner, [games[i] for i in batch], names, model)):
                 values[i] = row
     decompositions = and_or_interactions(np.stack(values), noise_bound=noise_bound)
+    checks = [
+        whole_prompt(model, base_vec, game.input_ids, rendered.words, game.spans, game.target_id, d.values,
+                     d.fitted(), masks=whole_prompt_masks, seed=seed, max_batch_tokens=max_batch_tokens)
+        for game, rendered, d in zip(games, renderings, decompositions)
+    ]
     settings = {
         "players": players_kind,
         "selection": selection if players_kind == "words" else "phrases",
@@ -184,9 +198,9 @@ def extract_many(
     return [
         InteractionResult(
             request.prompt, request.response, players, game.target_id, tokenizer.decode([game.target_id]),
-            decomposition, {"n_players": len(players), **settings},
+            decomposition, {"n_players": len(players), **settings, "whole_prompt_masks": whole_prompt_masks}, check,
         )
-        for request, players, game, decomposition in zip(requests, chosen, games, decompositions)
+        for request, players, game, decomposition, check in zip(requests, chosen, games, decompositions, checks)
     ]
 
 

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,9 @@ import pandas as pd
 from .decompose import AndOrDecomposition, Interaction, popcount
 from .players import Players
 from .store import atomic_write
+
+if TYPE_CHECKING:
+    from .wholeprompt import WholePrompt
 
 EFFECT_COLUMNS = ["kind", "bitmask", "words", "order", "effect", "salient", "value", "q"]
 
@@ -29,6 +32,7 @@ class InteractionResult:
     target_token: str
     decomposition: AndOrDecomposition
     settings: dict[str, Any] = field(default_factory=dict)
+    whole: WholePrompt | None = None  # coverage and whole-prompt R² (wholeprompt.py)
 
     @property
     def values(self) -> np.ndarray:
@@ -78,6 +82,7 @@ class InteractionResult:
             "objective": self.decomposition.objective,
             "matching_error": self.decomposition.matching_error,
             "settings": self.settings,
+            "whole_prompt": None if self.whole is None else self.whole.as_row(),
         }
 
     def to_parquet(self, path: str | os.PathLike) -> Path:

@@ -67,7 +67,7 @@ def as_stored(inputs: dict) -> dict:
 def unit_settings(settings: AnalysisSettings) -> dict:
     """The analysis settings that change a unit's numbers (tau and the rules only change the summary)."""
     return {"baseline": settings.baseline, "noise_bound": settings.noise_bound, "engine": settings.engine,
-            "dtype": settings.dtype}
+            "dtype": settings.dtype, "whole_prompt_masks": settings.whole_prompt_masks, "whole_prompt_seed": settings.seed}
 
 
 def expected_inputs(model_name: str, checkpoint: str, probe: Probe, settings: AnalysisSettings) -> dict:
@@ -224,12 +224,13 @@ def _run_job(
             results = extract_many(
                 model, tokenizer, requests, baseline=settings.baseline, noise_bound=settings.noise_bound,
                 tau=settings.tau, engine=settings.engine, batch_samples=settings.batch_samples,
-                players_kind=settings.players,
+                players_kind=settings.players, whole_prompt_masks=settings.whole_prompt_masks,
             )
             for sample, result in zip(batch, results):
                 if sample in missing:
                     frame = result.to_dataframe().drop(columns="salient").assign(  # salience follows tau: summary only
-                        sample=sample, split=probes[sample].split, step=job.step, model=job.model_label
+                        sample=sample, split=probes[sample].split, step=job.step, model=job.model_label,
+                        **result.whole.as_row(),  # coverage and whole-prompt R², one value per unit
                     )
                     write_unit(targets[sample], frame, wanted[sample])
                     written += 1

@@ -137,7 +137,9 @@ class InteractionMonitor(TrainerCallback):
                 Request(pair.prompt, pair.response, players, context=f"probe {index}, step {step}")
                 for index, (pair, players) in enumerate(zip(self.probes, self.players))
             ]
-            results = extract_many(model, self.tokenizer, requests, tau=self.tau, engine=self.engine)
+            # coverage only: whole-prompt R² would cost 256 more passes per probe at every evaluation
+            results = extract_many(model, self.tokenizer, requests, tau=self.tau, engine=self.engine,
+                                   whole_prompt_masks=0)
             for index, result in enumerate(results):
                 self.frames.append(result.to_dataframe().assign(sample=f"probe-{index}", split=PROBE_SPLIT, step=step))
         finally:

@@ -117,12 +117,14 @@ def demo_config(out: str, quick: bool) -> RunConfig:
         config.train.eval_train_examples = 16
         config.baseline = {"model": "gemma3-270m", "max_steps": 4}
         # drift on 24 prompts, passages and items spread over the general set: a smoke test of every part
-        config.analysis = AnalysisSettings(samples_per_split=1, n_players=5, general_samples=1, drift_limit=24)
+        config.analysis = AnalysisSettings(samples_per_split=1, n_players=5, general_samples=1, drift_limit=24,
+                                           whole_prompt_masks=0)
     else:
         # The baseline only needs its final checkpoint: a shorter run with light evaluation, no early checkpoints.
         config.baseline = {"model": "gemma3-270m", "max_steps": 32, "checkpoint_every": 32, "dense_checkpoints": False,
                            "eval_train_examples": 16, "data": {"max_test_examples": 16}}
-        config.analysis = AnalysisSettings(samples_per_split=4, n_players=7)
+        # Coverage at every result; R² on 256 random masks would cost about 20 s per result here (BENCHMARKS.md)
+        config.analysis = AnalysisSettings(samples_per_split=4, n_players=7, whole_prompt_masks=0)
     return config
 
 
@@ -147,7 +149,9 @@ def dry_run(config: RunConfig) -> list[str]:
     analysis = config.analysis
     general_probes = analysis.general_samples if analysis.drift else 0
     probes = 2 * analysis.samples_per_split + general_probes
-    masks = 2 ** analysis.n_players
+    # each result's masked prompts, plus its whole-prompt checks (coverage; R² is free for phrases, see wholeprompt.py)
+    whole = 1 + (analysis.whole_prompt_masks if analysis.players == "words" else 0)
+    masks = 2 ** analysis.n_players + whole
     total_passes = 0
     target = None  # (checkpoints, validation + test examples, sequences per example) of the target, when its data is here
     for name, item in runs:
@@ -172,8 +176,9 @@ def dry_run(config: RunConfig) -> list[str]:
                          f"every {item.checkpoint_every} steps and the last, each evaluated on "
                          f"{item.eval_train_examples} training examples and the validation split")
             if name == "target":
-                lines.append(f"analysis, per target checkpoint: {probes} probe samples x 2^{analysis.n_players} = "
-                             f"{probes * masks:,} masked prompts ({players_cost(analysis.n_players)}), and a prompt "
+                lines.append(f"analysis, per target checkpoint: {probes} probe samples x (2^{analysis.n_players} + "
+                             f"{whole} whole-prompt) = {probes * masks:,} masked prompts "
+                             f"({players_cost(analysis.n_players)}), and a prompt "
                              "pass plus one continuation per label for each validation and test example (task quality)")
             continue
         total = total_steps(item, sizes[0])
@@ -196,7 +201,8 @@ def dry_run(config: RunConfig) -> list[str]:
         lines.append(f"analysis: {probes} probe samples ({analysis.samples_per_split} train, "
                      f"{analysis.samples_per_split} validation, {general_probes} general) x {target_steps} target "
                      f"checkpoints{' + the baseline checkpoint' if config.baseline is not None else ''}, n_players "
-                     f"{analysis.n_players} ({players_cost(analysis.n_players)}): {extraction:,} masked prompts")
+                     f"{analysis.n_players} ({players_cost(analysis.n_players)}) + {whole} whole-prompt checks each: "
+                     f"{extraction:,} masked prompts")
         lines.append(f"task quality: {scored} validation and test examples at {target_steps} checkpoints: {quality:,} "
                      f"sequences (a prompt pass and {per_example - 1} continuation(s) each)")
         if analysis.drift:

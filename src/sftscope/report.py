@@ -91,6 +91,32 @@ def drift_html(summary: dict) -> str:
     return head + table + examples
 
 
+def whole_prompt_html(summary: dict) -> str:
+    """Coverage and whole-prompt R² per checkpoint and split: how much of each prompt the players explain."""
+    rows = [r for r in summary.get("whole_prompt") or [] if r["model"] == "target"]
+    if not rows:
+        return "<p>These results were stored before sftscope measured coverage; analyse the run again to add it.</p>"
+    masks = max(r["whole_masks"] or 0 for r in rows)
+    splits = sorted({r["split"] for r in rows}, key=lambda s: (s not in TASK_SPLITS, s))
+    head = "".join(f"<th>{html.escape(s)}: coverage</th><th>{html.escape(s)}: R&sup2;</th>" for s in splits)
+    by_key = {(r["step"], r["split"]): r for r in rows}
+    body = ""
+    for step in sorted({r["step"] for r in rows}):
+        cells = ""
+        for split in splits:
+            r = by_key.get((step, split))
+            cells += (f"<td class=num>{_cell(r and r['coverage'], number)}</td>"
+                      f"<td class=num>{_cell(r and r['whole_r2'], number)}</td>")
+        body += f"<tr><td class=num>{step}</td>{cells}</tr>"
+    r2_note = (f"R&sup2;: the AND-OR fit, which sees only the players, against the model on {masks} random masks "
+               "over all units (each player, and each word outside the players, present with probability 1/2)."
+               if masks else "R&sup2; was not computed on this run (analysis.whole_prompt_masks: 0): for word players it "
+               "costs that many forward passes of each probe prompt at every checkpoint; phrase players get it free.")
+    return (f"<p>Medians over each split's probe prompts. Coverage: the output change from masking the players, "
+            f"against masking every word of the prompt's content (1: the players carry it all). {r2_note}</p>"
+            f"<table id=\"whole-prompt\"><tr><th>step</th>{head}</tr>{body}</table>")
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
@@ -194,6 +220,8 @@ step {summary['min_validation_loss_step']}, minimum test loss at step {summary['
 the number of emerged interactions with the test&minus;train loss gap: {number(summary['corr_emerged_vs_loss_gap'])}.</p>
 <h2>What each checkpoint costs outside the task</h2>
 {drift_html(summary)}
+<h2>How much of each prompt the players explain</h2>
+{whole_prompt_html(summary)}
 <h2>The paper's findings on this run</h2>
 <table id="findings"><tr><th>finding</th><th>measured</th><th>verdict</th><th>why</th></tr>{findings_rows}</table>
 <p>What each finding tests, and why: <code>docs/findings.md</code> in the sftscope repository.</p>

@@ -112,6 +112,22 @@ def correlation(a: pd.Series, b: pd.Series) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+WHOLE_COLUMNS = ("coverage", "whole_r2", "players_effect", "content_effect", "units", "whole_masks")
+
+
+def whole_prompt_table(effects: pd.DataFrame) -> pd.DataFrame:
+    """Per model, checkpoint and split: the median coverage and whole-prompt R² of its results (wholeprompt.py).
+
+    Empty for units stored before these checks existed (they are recomputed when their inputs change).
+    """
+    if not set(WHOLE_COLUMNS) <= set(effects.columns):
+        return pd.DataFrame(columns=["model", "step", "split", "results", "coverage", "whole_r2", "units", "whole_masks"])
+    per_unit = effects.drop_duplicates(["model", "step", "sample"])
+    grouped = per_unit.groupby(["model", "step", "split"])
+    return grouped.agg(results=("sample", "size"), coverage=("coverage", "median"), whole_r2=("whole_r2", "median"),
+                       units=("units", "median"), whole_masks=("whole_masks", "max")).reset_index()
+
+
 def summarize_run(run_dir: str | os.PathLike, settings: AnalysisSettings, *, units: list[Path] | None = None,
                   steps: list[int] | None = None, labels: list[str] | None = None, extra: dict | None = None) -> dict:
     """Quality, drift, rules, dynamics, stage boundary and findings from the stored results (``units``: the current ones).
@@ -172,8 +188,9 @@ def summarize_run(run_dir: str | os.PathLike, settings: AnalysisSettings, *, uni
         write_table(folder.table("drift"), drift.reset_index())
         drift_out = {"per_checkpoint": [r for r in drift_rows if not r.get("missing")],
                      "missing": [r["step"] for r in drift_rows if r.get("missing")], "forgetting": forgetting}
+    whole = whole_prompt_table(effects)
     for name, frame in (("dynamics", table), ("flows", flows), ("findings", found), ("per_sample", per_sample),
-                        ("orders", orders), ("quality", quality)):
+                        ("orders", orders), ("quality", quality), ("whole_prompt", whole)):
         write_table(folder.table(name), frame)
     summary = {
         "recommended_step": rules["recommended"]["step"],
@@ -192,6 +209,7 @@ def summarize_run(run_dir: str | os.PathLike, settings: AnalysisSettings, *, uni
         "utility_cross_entropy": utility,
         "early_late_emerged": emerged,
         "findings": found.to_dict("records"),
+        "whole_prompt": _records(whole),
         "checkpoints": steps,
         "settings": asdict(settings),
         **(extra or {}),
