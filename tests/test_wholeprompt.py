@@ -232,3 +232,13 @@ def test_a_run_stores_coverage_per_unit_and_the_report_shows_it(tiny_run):
     again = analyze(tiny_run, AnalysisSettings(samples_per_split=1, n_players=3, drift=False, whole_prompt_masks=0))
     assert again["whole_prompt"] and all(r["whole_r2"] is None and r["whole_masks"] == 0 for r in again["whole_prompt"])
     assert "was not computed on this run" in build_report(tiny_run).read_text(encoding="utf-8")
+
+
+def test_word_players_are_chosen_by_ablation_on_a_prompt_of_more_than_63_candidate_words(tiny_llama, word_tokenizer):
+    """Ablation masks over 70 candidates do not fit int64; they once raised a numpy TypeError."""
+    from sftscope import select_players
+
+    text = long_prompt(150)
+    assert len(tokenize_prompt(word_tokenizer, text).candidates) > 63
+    players = select_players(tiny_llama, word_tokenizer, text, "joy", 6)
+    assert len(players) == 6

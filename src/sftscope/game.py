@@ -107,10 +107,16 @@ def check_finite(values: np.ndarray, where: str = "") -> np.ndarray:
 def mask_to_embeddings(
     base: torch.Tensor, spans: Sequence[tuple[int, int]], masks: np.ndarray, baseline: torch.Tensor
 ) -> torch.Tensor:
-    """``[len(masks), L, d]`` embeddings: player ``i`` absent from a mask is replaced."""
+    """``[len(masks), L, d]`` embeddings: player ``i`` absent from a mask is replaced.
+
+    Masks over more than 62 players (word ablation on a long prompt) do not fit
+    int64: numpy holds them as Python ints (dtype object), read bit by bit here.
+    """
     batch = base.unsqueeze(0).repeat(len(masks), 1, 1)
+    masks = np.asarray(masks)
     for i, (start, end) in enumerate(spans):
-        absent = torch.as_tensor((np.asarray(masks) >> i & 1) == 0, device=base.device)
+        bits = (np.array([(int(m) >> i) & 1 for m in masks]) if masks.dtype.kind in "Ou" else masks >> i & 1)
+        absent = torch.as_tensor(bits == 0, device=base.device)
         batch[absent, start:end] = baseline
     return batch
 
