@@ -242,3 +242,18 @@ def test_word_players_are_chosen_by_ablation_on_a_prompt_of_more_than_63_candida
     assert len(tokenize_prompt(word_tokenizer, text).candidates) > 63
     players = select_players(tiny_llama, word_tokenizer, text, "joy", 6)
     assert len(players) == 6
+
+
+@pytest.mark.parametrize("n", [3, 62, 63, 64, 65, 70])
+def test_ablation_masks_drop_one_player_each_at_any_count(n):
+    """At 64 players numpy would turn these masks into float64; they must stay exact integers."""
+    from sftscope.extract import ablation_masks
+    from sftscope.game import mask_to_embeddings
+
+    masks = ablation_masks(n)
+    assert masks.dtype.kind in "iO" and len(masks) == n + 1
+    base = torch.ones(n, 1)
+    embeds = mask_to_embeddings(base, [(i, i + 1) for i in range(n)], masks, torch.zeros(1))
+    expected = torch.ones(n + 1, n)
+    expected[torch.arange(1, n + 1), torch.arange(n)] = 0
+    assert torch.equal(embeds[..., 0], expected)

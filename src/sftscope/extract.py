@@ -42,6 +42,16 @@ def make_engine(
     return NaiveEngine(model, baseline, max_batch_tokens=max_batch_tokens)
 
 
+def ablation_masks(n: int) -> np.ndarray:
+    """The full mask, then the full mask without each player in turn.
+
+    Over 62 players these do not fit int64 (numpy would make them float64 or
+    objects by value): they are then always Python ints in an object array.
+    """
+    full = (1 << n) - 1
+    return np.array([full] + [full ^ (1 << i) for i in range(n)], dtype=np.int64 if n <= 62 else object)
+
+
 def _choose(model, rendered, target: int, base_vec: torch.Tensor, n_players: int, progress=None,
             kind: PlayerKind = "words", **options) -> Players:
     if kind == "phrases":  # spans that cover the content: nothing to score, no selection
@@ -53,8 +63,7 @@ def _choose(model, rendered, target: int, base_vec: torch.Tensor, n_players: int
         # v(N) and v(N without i) for every candidate word, batched by the naive engine
         spans = tuple(w.token_span for w in words)
         game = MaskedGame(tuple(rendered.input_ids), spans, target)
-        full = (1 << len(spans)) - 1
-        masks = np.array([full] + [full ^ (1 << i) for i in range(len(spans))])
+        masks = ablation_masks(len(spans))
         values = NaiveEngine(model, base_vec, progress=progress).values(game, masks)
         return np.abs(values[0] - values[1:])
 

@@ -114,6 +114,8 @@ def mask_to_embeddings(
     """
     batch = base.unsqueeze(0).repeat(len(masks), 1, 1)
     masks = np.asarray(masks)
+    if masks.dtype.kind not in "iuO":
+        raise SftscopeError(f"masks must be integers, got dtype {masks.dtype}")
     for i, (start, end) in enumerate(spans):
         bits = (np.array([(int(m) >> i) & 1 for m in masks]) if masks.dtype.kind in "Ou" else masks >> i & 1)
         absent = torch.as_tensor(bits == 0, device=base.device)
