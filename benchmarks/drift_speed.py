@@ -43,17 +43,21 @@ with pinned_threads(2):
     scorer.base(base)
     seconds["base"] = time.perf_counter() - began
     began = time.perf_counter()
-    scorer.state(state)
+    scores = scorer.state(state)
     seconds["state"] = time.perf_counter() - began
 print("SECONDS " + json.dumps(seconds))
+print("NUMBERS " + json.dumps({"kl_per_prompt": sum(scores.kl) / len(scores.kl), "agree": sum(scores.agrees),
+                              "nll": sum(scores.nll), "correct": sum(scores.correct)}))
 """
 
 
-def one_run(src: Path) -> dict:
+def one_run(src: Path) -> tuple[dict, dict]:
+    """The seconds of each part, and the checkpoint state's numbers (the versions should agree on them)."""
     done = subprocess.run([sys.executable, "-c", ONE_RUN], env={**__import__("os").environ, "PYTHONPATH": str(src)},
                           capture_output=True, text=True, check=True)
-    line = next(l for l in done.stdout.splitlines() if l.startswith("SECONDS "))
-    return json.loads(line[len("SECONDS "):])
+    found = {tag: json.loads(line[len(tag) + 1:]) for line in done.stdout.splitlines()
+             for tag in ("SECONDS", "NUMBERS") if line.startswith(tag + " ")}
+    return found["SECONDS"], found["NUMBERS"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {"before": [], "now": []}
     for _ in range(args.repeats):
         for name, src in (("before", Path(args.before).resolve()), ("now", now)):
-            runs[name].append(one_run(src))
-            print(name, {k: round(v, 1) for k, v in runs[name][-1].items()}, flush=True)
+            seconds, numbers = one_run(src)
+            runs[name].append(seconds)
+            print(name, {k: round(v, 1) for k, v in seconds.items()}, numbers, flush=True)
     print("| part | before | now | ratio |\n|---|---|---|---|")
     for part in ("answers", "base", "state"):
         before = statistics.median(r[part] for r in runs["before"])

@@ -16,7 +16,7 @@ model too, and the paper's types (removed, preserved, emerged salient
 interactions between the base model and the checkpoint) and the mean order
 of the salient interactions are compared between the kinds.
 
-    python benchmarks/players.py [--players 8] [--masks 256] [--limit N] [--checkpoint DIR]
+    python benchmarks/players.py [--players 8] [--masks 256] [--limit N] [--only ID ...] [--kinds phrases "top words"] [--checkpoint DIR]
 
 Prompts alternate between the two kinds (so ``--limit`` keeps both); measured
 rows are cached in ``--out`` under their settings, so an interrupted run resumes.
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masks", type=int, default=256)
     parser.add_argument("--limit", type=int, help="the first N prompts only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="+", metavar="ID", help="these prompts only (ids of the data file)")
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), help="the kinds to measure")
     parser.add_argument("--checkpoint", type=Path, help="a LoRA adapter folder: compare the paper's types too")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results/players.json")
     args = parser.parse_args(argv)
@@ -109,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     by_kind = [[r for r in rows_in if r["kind"] == k] for k in dict.fromkeys(r["kind"] for r in rows_in)]
     rows_in = [r for group in zip(*by_kind) for r in group]  # alternate the kinds: --limit keeps both
     rows_in = rows_in[: args.limit] if args.limit else rows_in
+    if args.only:
+        unknown = set(args.only) - {r["id"] for r in rows_in}
+        if unknown:
+            parser.error(f"no prompt with id {', '.join(sorted(unknown))} in {DATA}")
+        rows_in = [r for r in rows_in if r["id"] in args.only]
     base, tok = load_model_and_tokenizer(args.model)
     tuned = load_checkpoint(base, args.checkpoint) if args.checkpoint else None
     done = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     cached = {(r["id"], r["kind"]): r for r in done.get(key, [])}  # resumable: rows already measured
     rows = []
     for i, row in enumerate(rows_in):
-        for kind in KINDS:
+        for kind in args.kinds:
             if (row["id"], kind) not in cached:
                 cached[(row["id"], kind)] = measure(base, tuned, tok, row, kind, args.players, args.masks, args.seed)
                 done[key] = list(cached.values())

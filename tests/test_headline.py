@@ -41,3 +41,26 @@ def test_nothing_costs_less_than_the_base_model():
     accuracy = {0: 0.80, 8: 0.80}
     rows = [drift_row(0, 0.0, 0.0, 0.0), drift_row(8, 0.0, 0.0, 0.0)]
     assert cheaper_checkpoint(summary(rows, accuracy, recommended=0)) is None
+
+
+def test_the_answer_says_how_much_of_each_prompt_the_players_carry():
+    accuracy = {0: 0.3, 8: 0.6, 32: 0.8}
+    rows = [drift_row(0, 0.0, 0.0, 0.0), drift_row(32, 1.0, -0.02, 0.1)]
+    s = summary(rows, accuracy)
+    assert "carry this share" not in " ".join(headline(s))  # nothing measured, nothing said
+    s["settings"] |= {"players": "words", "n_players": 8}
+    s["whole_prompt"] = [
+        {"model": "target", "step": 32, "split": "validation", "coverage": 0.9, "whole_r2": None},
+        {"model": "target", "step": 32, "split": "train", "coverage": 1.1, "whole_r2": 0.75},
+        {"model": "target", "step": 8, "split": "train", "coverage": 9.0, "whole_r2": None},  # not the recommended step
+        {"model": "baseline", "step": 32, "split": "train", "coverage": 9.0, "whole_r2": None},
+    ]
+    text = " ".join(headline(s))
+    assert "between 8 word players per prompt; at step 32" in text
+    assert "train 1.10 (whole-prompt R² 0.75), validation 0.90." in text
+    assert "describe the players, not the whole prompt" not in text
+    s["whole_prompt"][0]["coverage"] = 3.2  # the background reverses what the players do
+    assert "validation 3.20. Outside 0.5-1.5" in " ".join(headline(s))
+    s["settings"]["players"] = "phrases"  # phrases cover every word: no caveat to add
+    text = " ".join(headline(s))
+    assert "8 phrase players" in text and "Outside 0.5-1.5" not in text

@@ -117,3 +117,8 @@ def test_extract_prints_each_phrase_player_as_its_text(tmp_path, tiny_llama, wor
     assert status == 0, err
     assert "players (3): we won the game today | so happy | and my friends are tired" in out
     assert "3 phrases covering them, then 8 masked prompts" in err
+    # a selection rule is for words: with phrases it would be ignored, so it is refused before any model loads
+    status = main(["extract", "--model", str(tmp_path / "absent"), "--prompt", TEXT, "--response", "joy",
+                   "--players", "3", "--players-kind", "phrases", "--selection", "random", "--quiet"])
+    err = capsys.readouterr().err
+    assert status != 0 and "--selection random chooses word players" in err and err.count("\n") == 1

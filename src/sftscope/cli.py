@@ -15,6 +15,10 @@ def _extract(args: argparse.Namespace) -> int:
     from .models import load_model_and_tokenizer  # noqa: PLC0415
 
     check_players(args.players, "--players")  # before loading anything
+    if args.players_kind == "phrases" and args.selection is not None:
+        raise SftscopeError(f"--selection {args.selection} chooses word players; phrase players cover every word "
+                            "of the prompt: drop --selection, or use --players-kind words")
+    args.selection = args.selection or "ablation"
     if not args.prompt.strip():
         raise SftscopeError("--prompt is empty: nothing to explain")
     if args.out:
@@ -251,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--prompt", required=True)
     ex.add_argument("--response", required=True, help="reference response; its first token is the target")
     ex.add_argument("--players", type=int, default=10, help="number of words (default 10)")
-    ex.add_argument("--selection", choices=["ablation", "first", "random"], default="ablation",
-                    help="how word players are chosen (default ablation)")
+    ex.add_argument("--selection", choices=["ablation", "first", "random"],
+                    help="how word players are chosen (default ablation; not with --players-kind phrases)")
     ex.add_argument("--players-kind", choices=["words", "phrases"], default="words",
                     help="words: the most salient words; phrases: contiguous spans covering every word")
     ex.add_argument("--allow-fewer", action="store_true", help="use all words when fewer than --players")

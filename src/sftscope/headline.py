@@ -75,6 +75,31 @@ def cheaper_checkpoint(summary: dict) -> tuple[int, dict, dict] | None:
     return step, quality, other
 
 
+def coverage_sentence(summary: dict, step: int) -> str | None:
+    """How much of each probe prompt the players carry at ``step``: the caveat every interaction number lives under."""
+    rows = [r for r in summary.get("whole_prompt") or [] if r["model"] == "target" and r["step"] == step
+            and r.get("coverage") is not None]
+    if not rows:
+        return None
+    settings = summary.get("settings", {})
+    kind = settings.get("players", "words")
+    order = {"train": 0, "validation": 1, "test": 2, "general": 3}
+    rows.sort(key=lambda r: (order.get(r["split"], 9), r["split"]))
+    parts = []
+    for r in rows:
+        part = f"{r['split']} {r['coverage']:.2f}"
+        if r.get("whole_r2") is not None:
+            part += f" (whole-prompt R\u00b2 {r['whole_r2']:.2f})"
+        parts.append(part)
+    sentence = (f"The interactions are between {settings.get('n_players', 'the')} {kind[:-1]} players per prompt; at "
+                f"step {step} they carry this share of the output change from masking each prompt's whole content "
+                f"(median per split, 1 = all of it): {', '.join(parts)}.")
+    if kind == "words" and any(not 0.5 <= r["coverage"] <= 1.5 for r in rows):
+        sentence += (" Outside 0.5-1.5 the rest of the prompt changes what the players do, so the interaction "
+                     "findings describe the players, not the whole prompt (phrase players cover every word).")
+    return sentence
+
+
 def benchmark_sentence(rule: str, record: dict | None) -> str | None:
     """What the stopping benchmark measured for ``rule`` and the plain rules beside it."""
     if not record or rule not in record.get("heldout_mean_regret", {}):
@@ -169,6 +194,9 @@ def headline(summary: dict, benchmark: dict | None = None) -> list[str]:
                      f"step {last}; across checkpoints that removal correlates with the KL at r = "
                      f"{number(forgetting.get('corr_removal_vs_kl'))} and with the knowledge change at r = "
                      f"{number(forgetting.get('corr_removal_vs_knowledge_change'))}.")
+    covered = coverage_sentence(summary, rec["step"])
+    if covered:
+        lines.append(covered)
     splits = summary.get("splits")
     if splits:
         lines.append(f"Every rule decided on the validation split ({splits['validation']} examples) and the training "
