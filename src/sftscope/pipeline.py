@@ -123,7 +123,7 @@ def demo_config(out: str, quick: bool) -> RunConfig:
         # The baseline only needs its final checkpoint: a shorter run with light evaluation, no early checkpoints.
         config.baseline = {"model": "gemma3-270m", "max_steps": 32, "checkpoint_every": 32, "dense_checkpoints": False,
                            "eval_train_examples": 16, "data": {"max_test_examples": 16}}
-        # Coverage at every result; R² on 256 random masks would cost about 20 s per result here (BENCHMARKS.md)
+        # Coverage at every result; R² on 256 random masks adds about 11 s per result on 2 cores (docs/method.md, 3b)
         config.analysis = AnalysisSettings(samples_per_split=4, n_players=7, whole_prompt_masks=0)
     return config
 
