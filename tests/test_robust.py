@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -22,9 +23,21 @@ SCRIPT = (
 )
 
 
+def _started(command: list[str]) -> subprocess.Popen:
+    """A child process once it runs its own program: between fork and exec /proc shows the parent's, or nothing."""
+    proc = subprocess.Popen(command)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:len(command)] != [c.encode() for c in command]:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"{command} did not start")
+        time.sleep(0.01)
+    return proc
+
+
 def test_concurrent_use_is_refused(tmp_path):
     with run_lock(tmp_path):
-        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        holder = _started([sys.executable, "-c", "import time; time.sleep(30)"])
         try:
             (tmp_path / LOCK_NAME).write_text(str(holder.pid))  # pretend another live process holds it
             with pytest.raises(SftscopeError, match=f"in use by another sftscope process \\(pid {holder.pid}[:)]"):
@@ -49,8 +62,8 @@ def test_a_lock_naming_another_live_process_is_taken_over(tmp_path):
     """A pid reused by a process that is not sftscope (pid 1 in a container, say) does not hold the lock."""
     import shutil
 
-    other = subprocess.Popen([shutil.which("sleep"), "30"])  # alive, and not sftscope
-    python = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    other = _started([shutil.which("sleep"), "30"])  # alive, and not sftscope
+    python = _started([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         for content in (str(other.pid), f"{python.pid} 1"):  # a bare pid; a pid whose start time is not the holder's
             (tmp_path / LOCK_NAME).write_text(content)

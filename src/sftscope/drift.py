@@ -412,10 +412,17 @@ def passage_tokens(tokenizer, general: GeneralSet) -> list[int]:
 
 
 def _interval(values: np.ndarray, statistic: Callable[[np.ndarray], float], seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of ``statistic`` over the rows of ``values`` (seeded)."""
+    """95% percentile bootstrap interval of ``statistic`` over the rows of ``values`` (seeded).
+
+    A draw whose statistic is undefined (only zero-token answers, say) is left out, not counted as NaN.
+    """
     rng = np.random.default_rng(seed)
     n = len(values)
-    draws = [statistic(values[rng.integers(0, n, n)]) for _ in range(BOOTSTRAP)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        draws = np.array([statistic(values[rng.integers(0, n, n)]) for _ in range(BOOTSTRAP)])
+    draws = draws[np.isfinite(draws)]
+    if not len(draws):
+        return float("nan"), float("nan")
     low, high = np.percentile(draws, [2.5, 97.5])
     return float(low), float(high)
 
