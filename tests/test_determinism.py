@@ -2,9 +2,10 @@
 
 A cluster worker starts with ``OMP_NUM_THREADS=1``; the serial path runs with
 the machine's default. Both must extract on ``analysis.threads`` threads, so a
-subprocess started with one thread gives rows bit-identical to this process's
-run. The subprocess also records the thread count inside every forward pass:
-if the pinning is removed, that count is 1 and the test fails even on a CPU
+subprocess started with one thread gives this process's rows (to the
+tolerance ``ROWS_AGREE`` states; bit-identical on the machines measured).
+The subprocess also records the thread count inside every forward pass: if
+the pinning is removed, that count is 1 and the test fails even on a CPU
 whose sums happen not to depend on it.
 """
 
@@ -18,6 +19,7 @@ import pandas as pd
 
 from sftscope.analyze import analyze
 from sftscope.config import AnalysisSettings
+from sftscope.jobs import ROWS_AGREE
 from sftscope.store import load_effects
 
 KEYS = ["model", "step", "sample", "kind", "bitmask"]
@@ -54,4 +56,4 @@ def test_one_thread_worker_gives_the_rows_of_this_process(tiny_run, tmp_path):
     rows_here = load_effects(here).sort_values(KEYS).reset_index(drop=True)
     rows_there = load_effects(there).sort_values(KEYS).reset_index(drop=True)
     assert len(rows_here) > 0
-    pd.testing.assert_frame_equal(rows_here, rows_there, check_exact=True)
+    pd.testing.assert_frame_equal(rows_here, rows_there, check_exact=False, **ROWS_AGREE)
