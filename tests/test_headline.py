@@ -64,3 +64,18 @@ def test_the_answer_says_how_much_of_each_prompt_the_players_carry():
     s["settings"]["players"] = "phrases"  # phrases cover every word: no caveat to add
     text = " ".join(headline(s))
     assert "8 phrase players" in text and "Outside 0.5-1.5" not in text
+
+
+def test_an_undefined_correlation_says_why():
+    accuracy = {0: 0.3, 8: 0.6, 16: 0.7, 32: 0.8}
+    rows = [drift_row(0, 0.0, 0.0, 0.0), drift_row(8, 0.2, 0.0, 0.0), drift_row(16, 0.4, 0.0, 0.0),
+            drift_row(32, 1.0, 0.0, 0.1)]
+    s = summary(rows, accuracy)
+    s["drift"]["forgetting"] = {"general_removed_share": {"0": 0.0, "8": 0.1, "16": 0.3, "32": 0.5},
+                                "corr_removal_vs_kl": 0.98, "corr_removal_vs_knowledge_change": None}
+    text = " ".join(headline(s))
+    assert "correlates with the KL at r = 0.98" in text
+    assert "has no correlation with the knowledge change (the knowledge change is 0 at all 4 checkpoints)" in text
+    s["drift"]["forgetting"]["general_removed_share"] = {"0": 0.0, "32": 0.5}
+    s["drift"]["forgetting"]["corr_removal_vs_kl"] = None
+    assert "has no correlation with the KL (fewer than 3 checkpoints have both)" in " ".join(headline(s))

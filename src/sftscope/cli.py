@@ -290,8 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"probe samples per split (default {defaults.samples_per_split})")
     an.add_argument("--players", type=int, default=defaults.n_players,
                     help=f"words per prompt (default {defaults.n_players})")
-    an.add_argument("--seed", type=int, default=defaults.seed)
-    an.add_argument("--tau", type=float, default=defaults.tau)
+    an.add_argument("--seed", type=int, default=defaults.seed, help=f"probe sampling seed (default {defaults.seed})")
+    an.add_argument("--tau", type=float, default=defaults.tau,
+                    help=f"salience threshold on |I| relative to the largest (default {defaults.tau})")
     an.add_argument("--stage-rule", choices=["cumulative", "crossover"], default=defaults.stage_rule)
     an.add_argument("--stop-rule", default=AnalysisSettings.stop_rule,
                     help=f"the rule that picks the recommended checkpoint (default {AnalysisSettings.stop_rule})")
@@ -302,17 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     rn = sub.add_parser("run", help="train target and baseline, analyse, report (each stage resumes)")
     rn.add_argument("config", help="YAML with output_dir, train, baseline, analysis")
-    rn.add_argument("--output-dir")
-    rn.add_argument("--quiet", action="store_true")
+    rn.add_argument("--output-dir", help="run folder (overrides the config's output_dir)")
+    rn.add_argument("--quiet", action="store_true", help="no progress bars")
     rn.add_argument("--dry-run", action="store_true",
                     help="print what would be trained, extracted and scored, and its cost; load nothing")
     _ray_options(rn)
     rn.set_defaults(func=_run)
 
     dm = sub.add_parser("demo", help="the whole pipeline on the embedded models and data, offline")
-    dm.add_argument("--out", default="sftscope-demo")
+    dm.add_argument("--out", default="sftscope-demo",
+                    help="run folder (default sftscope-demo; an earlier demo's folder resumes it)")
     dm.add_argument("--quick", action="store_true", help="a reduced smoke-test version (minutes)")
-    dm.add_argument("--quiet", action="store_true")
+    dm.add_argument("--quiet", action="store_true", help="no progress bars")
     _ray_options(dm)
     dm.set_defaults(func=_run)
     return parser
