@@ -21,21 +21,25 @@ import numpy as np
 
 
 def option_logliks(model, tokenizer, encoded, batch: int = 64) -> np.ndarray:
+    """Each item's option log-likelihoods, in the batches drift's scorer forms (bfloat16 sums depend on them)."""
+    from sftscope.drift import by_length  # noqa: PLC0415
     from sftscope.quality import pad_id, score_continuations  # noqa: PLC0415
 
-    parts = [encoded[s : s + batch] for s in range(0, len(encoded), batch)]
-    return np.concatenate([score_continuations(model, pad_id(tokenizer), [c for c, _ in part], [o for _, o in part],
-                                               batch_size=len(part)).loglik for part in parts])
+    out = np.zeros((len(encoded), len(encoded[0][1])))
+    for rows in by_length([(max(len(o) for o in options), len(c)) for c, options in encoded], batch):
+        part = [encoded[i] for i in rows]
+        out[rows] = score_continuations(model, pad_id(tokenizer), [c for c, _ in part], [o for _, o in part],
+                                        batch_size=len(part)).loglik
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch  # noqa: PLC0415
-    from peft import PeftModel  # noqa: PLC0415
 
     from sftscope.drift import encode_item, load_general_set  # noqa: PLC0415
     from sftscope.drift_jobs import drift_model, resolve_dtype  # noqa: PLC0415
     from sftscope.jobs import pinned_threads  # noqa: PLC0415
-    from sftscope.models import load_model_and_tokenizer  # noqa: PLC0415
+    from sftscope.models import load_checkpoint, load_model_and_tokenizer  # noqa: PLC0415
     from sftscope.store import RunFolder  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,10 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         encoded = [encode_item(tokenizer, item) for item in items]
         with torch.no_grad():
             logliks = {"base": option_logliks(base, tokenizer, encoded)}
-            for step in args.steps:
-                tuned = PeftModel.from_pretrained(base, folder.checkpoint(step)).eval()
-                logliks[f"step {step}"] = option_logliks(tuned, tokenizer, encoded)
-                base = tuned.unload()
+            for step in args.steps:  # the adapter merged into the drift-dtype weights, as drift scores a checkpoint
+                logliks[f"step {step}"] = option_logliks(load_checkpoint(base, folder.checkpoint(step)), tokenizer,
+                                                         encoded)
     answer = np.array([item.answer for item in items])
     chars = np.array([[len(" " + c) for c in item.choices] for item in items])
     tokens = np.array([[len(o) for o in options] for _, options in encoded])
