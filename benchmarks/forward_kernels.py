@@ -37,8 +37,10 @@ def seconds(fn, repeats: int = 3) -> float:
 
 
 def main() -> None:
+    from sftscope.cli import positive  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive, default=3)
     args = parser.parse_args()
 
     import torch  # noqa: PLC0415

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="the run's base model")
     args = parser.parse_args(argv)
     folder = RunFolder(Path(args.run) / "target")
+    missing = [step for step in args.steps if not (folder.checkpoint(step) / "adapter_model.safetensors").exists()]
+    if missing:
+        parser.error(f"{folder.root}: no checkpoint at step(s) {', '.join(map(str, missing))}")
     items = load_general_set().items
     with pinned_threads(2):
         model, tokenizer = load_model_and_tokenizer(args.model)

@@ -1,6 +1,9 @@
 """The answer's sentences: what the recommended checkpoint costs, and a cheaper one only where the numbers show it."""
 
+import pandas as pd
+
 from sftscope.headline import cheaper_checkpoint, headline
+from sftscope.summary import forgetting_summary
 
 
 def drift_row(step, kl, change, share, missing=False):
@@ -68,14 +71,14 @@ def test_the_answer_says_how_much_of_each_prompt_the_players_carry():
 
 def test_an_undefined_correlation_says_why():
     accuracy = {0: 0.3, 8: 0.6, 16: 0.7, 32: 0.8}
-    rows = [drift_row(0, 0.0, 0.0, 0.0), drift_row(8, 0.2, 0.0, 0.0), drift_row(16, 0.4, 0.0, 0.0),
+    rows = [drift_row(0, 0.0, 0.0, 0.0), drift_row(8, 0.2, 0.0, 0.0), drift_row(16, 0.42, 0.0, 0.0),
             drift_row(32, 1.0, 0.0, 0.1)]
+    drift = pd.DataFrame({"kl": [r["kl"]["mean"] for r in rows], "knowledge_change": [0.0] * 4},
+                         index=[r["step"] for r in rows])
     s = summary(rows, accuracy)
-    s["drift"]["forgetting"] = {"general_removed_share": {"0": 0.0, "8": 0.1, "16": 0.3, "32": 0.5},
-                                "corr_removal_vs_kl": 0.98, "corr_removal_vs_knowledge_change": None}
+    s["drift"]["forgetting"] = forgetting_summary(pd.Series([0.0, 0.1, 0.3, 0.5], index=drift.index), drift)
     text = " ".join(headline(s))
     assert "correlates with the KL at r = 0.98" in text
     assert "has no correlation with the knowledge change (the knowledge change is 0 at all 4 checkpoints)" in text
-    s["drift"]["forgetting"]["general_removed_share"] = {"0": 0.0, "32": 0.5}
-    s["drift"]["forgetting"]["corr_removal_vs_kl"] = None
+    s["drift"]["forgetting"] = forgetting_summary(pd.Series([0.0, 0.5], index=[0, 32]), drift)
     assert "has no correlation with the KL (fewer than 3 checkpoints have both)" in " ".join(headline(s))

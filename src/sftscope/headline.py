@@ -19,19 +19,13 @@ def number(value) -> str:
     return "undefined" if value is None else f"{value:.2f}"
 
 
-def correlation_clause(r: float | None, removal: dict, other: dict, what: str) -> str:
-    """How the removal correlates with ``what`` across checkpoints, or why no r exists (summary.correlation's cases)."""
+def correlation_clause(forgetting: dict, key: str, what: str) -> str:
+    """How the removal correlates with ``what`` across checkpoints, or why no r exists (as the summary says)."""
+    r = forgetting.get(f"corr_removal_vs_{key}")
     if r is not None:
         return f"correlates with {what} at r = {r:.2f}"
-    removal = {int(step): value for step, value in removal.items() if value == value}
-    common = [step for step in other if step in removal and other[step] == other[step]]
-    if len(common) < 3:
-        return f"has no correlation with {what} (fewer than 3 checkpoints have both)"
-    if len({other[step] for step in common}) == 1:
-        return f"has no correlation with {what} ({what} is {other[common[0]]:.3g} at all {len(common)} checkpoints)"
-    if len({removal[step] for step in common}) == 1:
-        return f"has no correlation with {what} (the removal is the same at all {len(common)} checkpoints)"
-    return f"has no correlation with {what}"  # a summary written by another version
+    why = forgetting.get(f"why_no_corr_removal_vs_{key}")
+    return f"has no correlation with {what}" + (f" ({why})" if why else "")
 
 
 def points(value) -> str:
@@ -205,13 +199,9 @@ def headline(summary: dict, benchmark: dict | None = None) -> list[str]:
     removed = forgetting.get("general_removed_share") or {}
     if removed:
         last = max(removed, key=int)
-        rows = drift_by_step.values()
-        kl = {row["step"]: row["kl"]["mean"] for row in rows}
-        knowledge = {row["step"]: row["knowledge"]["change"] for row in rows}
         lines.append(f"On general prompts SFT removed {pct(removed[last])} of the base model's salient interactions by "
-                     f"step {last}; across checkpoints that removal "
-                     f"{correlation_clause(forgetting.get('corr_removal_vs_kl'), removed, kl, 'the KL')} and "
-                     f"{correlation_clause(forgetting.get('corr_removal_vs_knowledge_change'), removed, knowledge, 'the knowledge change')}.")
+                     f"step {last}; across checkpoints that removal {correlation_clause(forgetting, 'kl', 'the KL')} "
+                     f"and {correlation_clause(forgetting, 'knowledge_change', 'the knowledge change')}.")
     covered = coverage_sentence(summary, rec["step"])
     if covered:
         lines.append(covered)

@@ -103,13 +103,37 @@ def general_removal(per_sample: pd.DataFrame) -> pd.Series:
     return share.rename("general_removed_share")
 
 
-def correlation(a: pd.Series, b: pd.Series) -> float | None:
-    """Pearson r across the checkpoints both have; None for fewer than 3 or a constant series."""
+def _paired(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     common = a.dropna().index.intersection(b.dropna().index)
-    x, y = a[common].to_numpy(dtype=float), b[common].to_numpy(dtype=float)
-    if len(common) < 3 or min(np.std(x), np.std(y)) == 0:
+    return a[common].to_numpy(dtype=float), b[common].to_numpy(dtype=float)
+
+
+def correlation_gap(a: pd.Series, b: pd.Series, names: tuple[str, str] = ("the first", "the second")) -> str | None:
+    """Why Pearson r of ``a`` and ``b`` across checkpoints is undefined, in words for the answer; None where it is not."""
+    x, y = _paired(a, b)
+    if len(x) < 3:
+        return "fewer than 3 checkpoints have both"
+    for name, values in ((names[1], y), (names[0], x)):
+        if np.std(values) == 0:
+            return f"{name} is {values[0]:.3g} at all {len(values)} checkpoints"
+    return None
+
+
+def correlation(a: pd.Series, b: pd.Series) -> float | None:
+    """Pearson r across the checkpoints both have; None where ``correlation_gap`` names a reason."""
+    if correlation_gap(a, b) is not None:
         return None
-    return float(np.corrcoef(x, y)[0, 1])
+    return float(np.corrcoef(*_paired(a, b))[0, 1])
+
+
+def forgetting_summary(removal: pd.Series, drift: pd.DataFrame) -> dict:
+    """General-prompt interaction removal per step, its correlation with KL and knowledge change, and why one is
+    undefined (``drift``: per step, ``kl`` and ``knowledge_change``)."""
+    out = {"general_removed_share": {int(k): float(v) for k, v in removal.items()}}
+    for column, name in (("kl", "the KL"), ("knowledge_change", "the knowledge change")):
+        out[f"corr_removal_vs_{column}"] = correlation(removal, drift[column])
+        out[f"why_no_corr_removal_vs_{column}"] = correlation_gap(removal, drift[column], ("the removal", name))
+    return out
 
 
 WHOLE_COLUMNS = ("coverage", "whole_r2", "players_effect", "content_effect", "units", "whole_masks")
@@ -180,9 +204,7 @@ def summarize_run(run_dir: str | os.PathLike, settings: AnalysisSettings, *, uni
     removal = general_removal(per_sample)
     forgetting = None
     if drift is not None:
-        forgetting = {"general_removed_share": {int(k): float(v) for k, v in removal.items()},
-                      "corr_removal_vs_kl": correlation(removal, drift["kl"]),
-                      "corr_removal_vs_knowledge_change": correlation(removal, drift["knowledge_change"])}
+        forgetting = forgetting_summary(removal, drift)
     drift_out = None
     if drift is not None:
         write_table(folder.table("drift"), drift.reset_index())
