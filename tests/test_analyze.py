@@ -45,6 +45,52 @@ def test_analysis_resumes_to_the_same_rows(tiny_run, monkeypatch):
     assert not list(tiny_run.glob("analysis/**/*.tmp"))
 
 
+def test_zero_adapter_checkpoints_are_computed_once(tiny_run, monkeypatch):
+    """Step 1 under a warm-up is the base model (its first update had a learning rate of 0), as step 0 is:
+    its units and quality are written from step 0's computation, and equal what computing it gives."""
+    import sftscope.extract as extract_module
+    import sftscope.quality as quality_module
+    from sftscope.models import zero_adapter
+    from sftscope.store import read_json
+
+    folder = RunFolder(tiny_run)
+    checkpoints = folder.checkpoints()
+    assert zero_adapter(checkpoints[0]) and zero_adapter(checkpoints[1]) and not zero_adapter(checkpoints[2])
+    analyze(tiny_run, SETTINGS)
+    computed = load_effects(tiny_run)
+    computed_quality = read_json(folder.quality_unit("target", 1, "test"))
+    for step in (0, 1):
+        for path in folder.unit("target", step, "x").parent.glob("*.parquet"):
+            path.unlink()
+        for split in ("validation", "test"):
+            folder.quality_unit("target", step, split).unlink()
+    calls = {"extract": 0, "score": 0}
+    extract_many, score_split = extract_module.extract_many, quality_module.score_split
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(extract_module, "extract_many", counted("extract", extract_many))
+    monkeypatch.setattr(quality_module, "score_split", counted("score", score_split))
+    analyze(tiny_run, SETTINGS)
+    probes = len(list(folder.unit("target", 2, "x").parent.glob("*.parquet")))
+    assert calls == {"extract": -(-probes // SETTINGS.batch_samples), "score": 2}  # one state, not two
+    again = load_effects(tiny_run)
+    keys = ["model", "step", "sample", "kind", "bitmask"]
+    pd.testing.assert_frame_equal(again.sort_values(keys).reset_index(drop=True),
+                                  computed.sort_values(keys).reset_index(drop=True))
+    zero, one = (again[again["step"] == s].drop(columns="step").sort_values(keys[2:]).reset_index(drop=True)
+                 for s in (0, 1))
+    pd.testing.assert_frame_equal(zero, one)
+    twin = read_json(folder.quality_unit("target", 1, "test"))
+    assert twin["step"] == 1 and twin["inputs"] == computed_quality["inputs"]
+    assert {k: v for k, v in twin.items() if k != "seconds"} == {k: v for k, v in computed_quality.items()
+                                                               if k != "seconds"}
+
+
 def test_missing_run_folder_is_one_error(tmp_path):
     with pytest.raises(SftscopeError, match="is not an sftscope run folder"):
         analyze(tmp_path, SETTINGS)

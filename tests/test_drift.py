@@ -9,9 +9,10 @@ import torch
 
 from sftscope.drift import (
     DriftScorer, GeneralSet, Item, StateScores, drift_numbers, encode_item, greedy_answers, load_general_set,
-    passage_tokens, prompt_ids, read_general_prompts, starts_with_label, zero_adapter,
+    passage_tokens, prompt_ids, read_general_prompts, starts_with_label,
 )
 from sftscope.errors import SftscopeError
+from sftscope.models import zero_adapter
 
 PROMPTS = ("what is the movie of the day ?", "we won the game today", "my flight got cancelled again",
            "i can't believe this news", "the friends are tired", "great day of the game")

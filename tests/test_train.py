@@ -141,3 +141,49 @@ def test_each_format_trains_one_step_through_the_cli(fmt, tmp_path, tiny_llama, 
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     assert main(["train", str(path), "--quiet"]) == 0, capsys.readouterr().err
     assert sorted(RunFolder(tmp_path / "run").checkpoints()) == [0, 1]
+
+
+def test_lm_head_runs_only_at_labelled_positions_with_the_same_loss(tmp_path, tiny_data, tiny_llama, word_tokenizer,
+                                                                    monkeypatch):
+    """On the CPU TRL would project every position through the LM head; ours projects the labelled ones only."""
+    import copy
+
+    import trl.trainer.utils as trl_utils
+
+    from sftscope.train import labelled_positions_only
+
+    trainer, _ = build_trainer(tiny_config(tmp_path, tiny_data), model=copy.deepcopy(tiny_llama), tokenizer=word_tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    rows = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *rest: rows.append(hidden.shape[0]) or apply(hidden, *rest))
+    trainer.model.train()
+    everywhere = super(type(trainer), trainer).compute_loss(trainer.model, dict(batch))  # TRL's own path
+    labelled = trainer.compute_loss(trainer.model, dict(batch))
+    labels = int((batch["labels"][:, 1:] != -100).sum())
+    assert rows == [batch["labels"][:, 1:].numel(), labels] and labels < rows[0] / 2
+    assert torch.allclose(labelled, everywhere, rtol=1e-5, atol=1e-6)
+    (grad_all,) = torch.autograd.grad(everywhere, [p for p in trainer.model.parameters() if p.requires_grad][:1])
+    (grad_ours,) = torch.autograd.grad(labelled, [p for p in trainer.model.parameters() if p.requires_grad][:1])
+    assert torch.allclose(grad_ours, grad_all, rtol=1e-4, atol=1e-7)
+    with labelled_positions_only():
+        assert trl_utils._use_triton(torch.device("cpu"))
+    assert not trl_utils._use_triton(torch.device("cpu"))  # restored: nothing outside the loss is changed
+
+
+def test_gradient_checkpointing_follows_the_device_unless_set(tmp_path, tiny_data, tiny_llama, word_tokenizer):
+    import copy
+
+    from sftscope.config import changed_training_settings
+
+    auto, _ = build_trainer(tiny_config(tmp_path, tiny_data), model=copy.deepcopy(tiny_llama), tokenizer=word_tokenizer)
+    assert auto.args.gradient_checkpointing is torch.cuda.is_available()
+    forced, _ = build_trainer(tiny_config(tmp_path, tiny_data, gradient_checkpointing=True),
+                              model=copy.deepcopy(tiny_llama), tokenizer=word_tokenizer)
+    assert forced.args.gradient_checkpointing is True
+    # it changes no weights: a finished training is not refused for it
+    assert changed_training_settings(tiny_config(tmp_path, tiny_data),
+                                     tiny_config(tmp_path, tiny_data, gradient_checkpointing=True)) == []
+    with pytest.raises(SftscopeError, match="gradient_checkpointing: expected bool or null"):
+        tiny_config(tmp_path, tiny_data, gradient_checkpointing="yes")

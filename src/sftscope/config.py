@@ -88,6 +88,9 @@ class TrainConfig:
     eval_train_examples: int = 32  # train-loss subset at each checkpoint (as in benchmarks/stopping.py)
     max_length: int = 256
     trust_remote_code: bool = False
+    # recompute activations in the backward pass (TRL's default): null = on with a GPU, off on the CPU, where it
+    # makes a step about 1.3 times as long and memory is rarely short (BENCHMARKS.md); changes no weights
+    gradient_checkpointing: bool | None = None
 
 
 @dataclass
@@ -493,7 +496,8 @@ def config_yaml(config) -> str:
     return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
 
 
-UNTRACKED_TRAIN_KEYS = ("output_dir", "report_to")  # where a run is written and logged change no weights
+# where a run is written and logged, and whether activations are recomputed, change no weights
+UNTRACKED_TRAIN_KEYS = ("output_dir", "report_to", "gradient_checkpointing")
 
 
 def changed_training_settings(stored: TrainConfig, wanted: TrainConfig) -> list[str]:

@@ -453,12 +453,3 @@ def drift_numbers(base: StateScores, state: StateScores, *, answer_tokens: Seque
                    "base_label_share": float(np.mean(base.label_start)) if labels else None,
                    "agreement": float(np.mean(state.agrees)), "prompts": len(state.agrees)},
     }
-
-
-def zero_adapter(checkpoint: str | Path) -> bool:
-    """Whether a LoRA adapter changes nothing (every lora_B is zero, as PEFT initialises it): it is the base model."""
-    from safetensors.torch import load_file  # noqa: PLC0415 - numpy cannot read bfloat16 adapters
-
-    weights = load_file(str(Path(checkpoint) / "adapter_model.safetensors"))
-    b_parts = [w for name, w in weights.items() if "lora_B" in name]
-    return bool(b_parts) and all(not bool(w.any()) for w in b_parts)

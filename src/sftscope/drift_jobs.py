@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .drift import MAX_NEW_TOKENS, DriftScorer, GeneralSet, drift_numbers, greedy_answers, passage_tokens, zero_adapter
+from .drift import MAX_NEW_TOKENS, DriftScorer, GeneralSet, drift_numbers, greedy_answers, passage_tokens
+from .models import zero_adapter
 from .store import RunFolder, changed_keys, checkpoint_digest, digest, read_json, write_json
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Twin:
+    """Another checkpoint of the same model state as a job's own: its results are written from the same work."""
+
+    step: int
+    checkpoint: str
+    checkpoint_digest: str
+
+
+@dataclass(frozen=True)
 class Job:
-    """One unit of distributable work: a model's checkpoint, a batch of probe samples, and maybe its quality."""
+    """One unit of distributable work: a model's checkpoint, a batch of probe samples, and maybe its quality.
+
+    ``twins``: checkpoints that are the same model state (zero adapters, all the base model), whose units and
+    quality are written from this job's computation instead of being computed again.
+    """
 
     model_label: str
     model_name: str
@@ -39,6 +52,11 @@ class Job:
     samples: tuple[str, ...]
     checkpoint_digest: str = ""
     quality: tuple[str, ...] = ()  # also score the checkpoint on these splits (validation, test)
+    twins: tuple[Twin, ...] = ()
+
+    def targets(self) -> list[tuple[int, str]]:
+        """(step, checkpoint digest) of every checkpoint this job writes: its own, then its twins'."""
+        return [(self.step, self.checkpoint_digest)] + [(t.step, t.checkpoint_digest) for t in self.twins]
 
 
 @dataclass(frozen=True)
@@ -119,27 +137,54 @@ def plan_jobs(
     batches = [tuple(order[k : k + batch_samples]) for k in range(0, len(order), batch_samples)]
     per_job = max(1, -(-(samples_per_job or len(order) or 1) // batch_samples))  # whole batches per job
     jobs, stale = [], {}
+    digests = {step: checkpoint_digest(path) for step, path in checkpoints.items()}
+    twins_of = same_state_steps(checkpoints)
+    twin_steps = {twin for twins in twins_of.values() for twin in twins}
+
+    def current(step: int, sample: str) -> bool:
+        unit = folder.unit(model_label, step, sample)
+        if not unit.exists():
+            return False
+        stored = unit_inputs(unit)
+        differs = changed_keys(stored, expected_inputs(model_name, digests[step], by_id[sample], settings))
+        for key in (["unreadable file"] if stored is None else differs):
+            stale[key] = stale.get(key, 0) + 1
+        return not differs
+
     for step, path in checkpoints.items():
-        ckpt = checkpoint_digest(path)
-
-        def current(sample: str) -> bool:
-            unit = folder.unit(model_label, step, sample)
-            if not unit.exists():
-                return False
-            stored = unit_inputs(unit)
-            differs = changed_keys(stored, expected_inputs(model_name, ckpt, by_id[sample], settings))
-            for key in (["unreadable file"] if stored is None else differs):
-                stale[key] = stale.get(key, 0) + 1
-            return not differs
-
-        pending = [b for b in batches if not all([current(s) for s in b])]  # every unit counted
-        score = tuple(t.split for t in quality if not quality_current(folder, model_label, step, model_name, ckpt, t))
+        if step in twin_steps:
+            continue  # written by the job of the first checkpoint of its state
+        group = [step, *twins_of.get(step, [])]
+        pending = [b for b in batches if not all([current(at, s) for at in group for s in b])]  # every unit counted
+        score = tuple(t.split for t in quality
+                      if not all([quality_current(folder, model_label, at, model_name, digests[at], t) for at in group]))
+        twins = tuple(Twin(at, str(checkpoints[at]), digests[at]) for at in group[1:])
         chunks = [tuple(s for b in pending[k : k + per_job] for s in b) for k in range(0, len(pending), per_job)]
         if score and not chunks:
             chunks = [()]
         for k, samples in enumerate(chunks):
-            jobs.append(Job(model_label, model_name, step, str(path), samples, ckpt, quality=score if k == 0 else ()))
+            jobs.append(Job(model_label, model_name, step, str(path), samples, digests[step],
+                            quality=score if k == 0 else (), twins=twins))
     return Plan(jobs, stale)
+
+
+def same_state_steps(checkpoints: dict[int, Path]) -> dict[int, list[int]]:
+    """Checkpoints that are one model state: the first zero adapter -> the later ones (all of them the base model).
+
+    A checkpoint whose adapter cannot be read is left on its own (loading it later says what is wrong).
+    """
+    from safetensors import SafetensorError  # noqa: PLC0415
+
+    from .models import zero_adapter  # noqa: PLC0415
+
+    zeros = []
+    for step, path in sorted(checkpoints.items()):
+        try:
+            if zero_adapter(path):
+                zeros.append(step)
+        except (SafetensorError, OSError, ValueError, RuntimeError):
+            continue
+    return {zeros[0]: zeros[1:]} if len(zeros) > 1 else {}
 
 
 def quality_current(folder: RunFolder, model_label: str, step: int, model_name: str, ckpt: str,
@@ -207,23 +252,27 @@ def _run_job(
     folder = RunFolder(run_dir)
     if base_model is None:
         base_model, tokenizer = load_model_and_tokenizer(job.model_name, dtype=settings.dtype)
-    if checkpoint_digest(job.checkpoint) != job.checkpoint_digest:
-        raise SftscopeError(f"{job.checkpoint} changed while the analysis ran; run it again")
+    for checkpoint, known in [(job.checkpoint, job.checkpoint_digest)] + [(t.checkpoint, t.checkpoint_digest)
+                                                                       for t in job.twins]:
+        if checkpoint_digest(checkpoint) != known:
+            raise SftscopeError(f"{checkpoint} changed while the analysis ran; run it again")
     model = load_checkpoint(base_model, job.checkpoint)
     for task in quality:
         if task.split in job.quality:
-            inputs = task.inputs(job.model_name, job.checkpoint_digest)
             result = score_split(model, tokenizer, task.pairs, task.labels)
-            write_json(folder.quality_unit(job.model_label, job.step, task.split),
-                       {"step": job.step, "split": task.split, "inputs": inputs, **result})
+            for step, ckpt in job.targets():
+                if not quality_current(folder, job.model_label, step, job.model_name, ckpt, task):
+                    write_json(folder.quality_unit(job.model_label, step, task.split),
+                               {"step": step, "split": task.split, "inputs": task.inputs(job.model_name, ckpt), **result})
             if on_unit:
                 on_unit()
     written = 0
     for k in range(0, len(job.samples), settings.batch_samples):
         batch = job.samples[k : k + settings.batch_samples]
-        wanted = {s: expected_inputs(job.model_name, job.checkpoint_digest, probes[s], settings) for s in batch}
-        targets = {s: folder.unit(job.model_label, job.step, s) for s in batch}
-        missing = {s for s, t in targets.items() if not t.exists() or unit_inputs(t) != wanted[s]}
+        wanted = {(step, s): expected_inputs(job.model_name, ckpt, probes[s], settings)
+                  for step, ckpt in job.targets() for s in batch}
+        targets = {(step, s): folder.unit(job.model_label, step, s) for step, s in wanted}
+        missing = {key for key, t in targets.items() if not t.exists() or unit_inputs(t) != wanted[key]}
         if missing:  # the whole batch is evaluated, so its values do not depend on what was done before
             requests = [
                 Request(probes[s].prompt, probes[s].response, probes[s].players,
@@ -235,14 +284,14 @@ def _run_job(
                 tau=settings.tau, engine=settings.engine, batch_samples=settings.batch_samples,
                 players_kind=settings.players, whole_prompt_masks=settings.whole_prompt_masks,
             )
-            for sample, result in zip(batch, results):
-                if sample in missing:
-                    frame = result.to_dataframe().drop(columns="salient").assign(  # salience follows tau: summary only
-                        sample=sample, split=probes[sample].split, step=job.step, model=job.model_label,
-                        **result.whole.as_row(),  # coverage and whole-prompt R², one value per unit
-                    )
-                    write_unit(targets[sample], frame, wanted[sample])
-                    written += 1
+            for (step, sample) in sorted(missing):
+                result = results[batch.index(sample)]
+                frame = result.to_dataframe().drop(columns="salient").assign(  # salience follows tau: summary only
+                    sample=sample, split=probes[sample].split, step=step, model=job.model_label,
+                    **result.whole.as_row(),  # coverage and whole-prompt R², one value per unit
+                )
+                write_unit(targets[step, sample], frame, wanted[step, sample])
+                written += 1
         if on_unit:
             for _ in batch:
                 on_unit()

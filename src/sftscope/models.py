@@ -307,3 +307,16 @@ def load_checkpoint(base_model, checkpoint: str | os.PathLike):
         raise SftscopeError(f"{path}: cannot read the adapter ({first}); the checkpoint is damaged or belongs to "
                             "another base model: train the run again") from exc
     return merged.eval()
+
+
+def zero_adapter(checkpoint: str | os.PathLike) -> bool:
+    """Whether a LoRA adapter changes nothing (every lora_B is zero, as PEFT initialises it): it is the base model.
+
+    Step 0 is one; so is step 1 under a learning-rate warm-up, whose first update has a learning rate of 0.
+    Merged into the base weights it adds exact zeros, so its outputs are the base model's bit for bit.
+    """
+    from safetensors.torch import load_file  # noqa: PLC0415 - numpy cannot read bfloat16 adapters
+
+    weights = load_file(str(Path(checkpoint) / "adapter_model.safetensors"))
+    b_parts = [w for name, w in weights.items() if "lora_B" in name]
+    return bool(b_parts) and all(not bool(w.any()) for w in b_parts)

@@ -9,6 +9,8 @@ and ``sftscope-config.yaml`` (the settings used). Step 0 is the model before any
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 from pathlib import Path
@@ -235,7 +237,7 @@ def build_trainer(
     """The configured ``SFTTrainer`` and its checkpoint steps (nothing trained yet); ``progress`` as in ``train``."""
     import torch  # noqa: PLC0415
     from peft import LoraConfig  # noqa: PLC0415
-    from trl import SFTConfig, SFTTrainer  # noqa: PLC0415
+    from trl import SFTConfig  # noqa: PLC0415
 
     from .models import load_model_and_tokenizer  # noqa: PLC0415
 
@@ -271,6 +273,7 @@ def build_trainer(
         max_length=config.max_length,
         completion_only_loss=True,
         bf16=config.dtype == "bfloat16",
+        gradient_checkpointing=use_gradient_checkpointing(config.gradient_checkpointing),
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=progress != "transformers",
     )
@@ -280,7 +283,7 @@ def build_trainer(
     )
     schedule = _schedule_callback(steps, RunFolder(out).losses)
     as_dataset = to_conversational if getattr(tokenizer, "chat_template", None) else to_plain
-    trainer = SFTTrainer(
+    trainer = labelled_positions_trainer()(
         model=model,
         args=args,
         train_dataset=as_dataset(train_pairs),
@@ -296,3 +299,55 @@ def build_trainer(
         trainer.remove_callback(PrinterCallback)  # it prints every log dict
         trainer.add_callback(_progress_callback(progress, f"train {Path(config.output_dir).name}"))
     return trainer, steps
+
+
+def use_gradient_checkpointing(setting: bool | None) -> bool:
+    """``train.gradient_checkpointing``; ``None``: on with a GPU (TRL's default, it saves memory), off on the CPU.
+
+    Recomputing every layer's forward in the backward pass made a step of the demo's SmolLM2 run about 1.3 times
+    as long on the 2-core CPU with the same losses (BENCHMARKS.md, "Training steps"); memory is rarely what runs
+    out there.
+    """
+    import torch  # noqa: PLC0415
+
+    return torch.cuda.is_available() if setting is None else setting
+
+
+@contextlib.contextmanager
+def labelled_positions_only():
+    """While inside, TRL's fused LM head projects only the positions that have a label, on the CPU too.
+
+    TRL runs the LM head only at labelled positions on CUDA and XPU; on other devices it projects every position
+    through the vocabulary (fixed tile shapes for compiling backends) and zeroes the unlabelled ones afterwards.
+    With a loss on the response only, that is the prompt's positions too: on the CPU it made a training step of
+    the demo's SmolLM2 run 1.5 times as long and Gemma-3's (a 262k vocabulary) 3 times (BENCHMARKS.md). The
+    choice is TRL's private ``_use_triton`` in ``trl.trainer.utils``; where a TRL version has none, every
+    position is projected as before (same loss, slower) and the log says so.
+    """
+    import trl.trainer.utils as trl_utils  # noqa: PLC0415
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        log.info("this TRL version projects every position through the LM head on the CPU (slower, same loss)")
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+@functools.cache
+def labelled_positions_trainer():
+    """TRL's ``SFTTrainer`` whose loss runs the LM head only at labelled positions (see labelled_positions_only)."""
+    from trl import SFTTrainer  # noqa: PLC0415
+
+    class LabelledPositionsSFTTrainer(SFTTrainer):
+        """``SFTTrainer``; its loss (training and evaluation) projects only labelled positions, on any device."""
+
+        def compute_loss(self, *args, **kwargs):
+            with labelled_positions_only():
+                return super().compute_loss(*args, **kwargs)
+
+    return LabelledPositionsSFTTrainer
