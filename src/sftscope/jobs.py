@@ -54,9 +54,9 @@ class Job:
     quality: tuple[str, ...] = ()  # also score the checkpoint on these splits (validation, test)
     twins: tuple[Twin, ...] = ()
 
-    def targets(self) -> list[tuple[int, str]]:
-        """(step, checkpoint digest) of every checkpoint this job writes: its own, then its twins'."""
-        return [(self.step, self.checkpoint_digest)] + [(t.step, t.checkpoint_digest) for t in self.twins]
+    def targets(self) -> list[Twin]:
+        """Every checkpoint this job writes: its own, then its twins."""
+        return [Twin(self.step, self.checkpoint, self.checkpoint_digest), *self.twins]
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,8 @@ def run_job(
     run_dir, job: Job, probes: dict[str, Probe], settings: AnalysisSettings, *, base_model=None, tokenizer=None,
     quality: tuple[QualityTask, ...] = (), on_unit: Callable[[], None] | None = None,
 ) -> int:
-    """Load the job's checkpoint once, score it and extract its batches, writing each result; returns units written.
+    """Load the job's checkpoint once, score it and extract its batches, writing each result (for its twins too);
+    returns units written.
 
     Runs on ``settings.threads`` CPU threads (see :func:`pinned_threads`).
     """
@@ -252,15 +253,15 @@ def _run_job(
     folder = RunFolder(run_dir)
     if base_model is None:
         base_model, tokenizer = load_model_and_tokenizer(job.model_name, dtype=settings.dtype)
-    for checkpoint, known in [(job.checkpoint, job.checkpoint_digest)] + [(t.checkpoint, t.checkpoint_digest)
-                                                                       for t in job.twins]:
-        if checkpoint_digest(checkpoint) != known:
-            raise SftscopeError(f"{checkpoint} changed while the analysis ran; run it again")
+    for target in job.targets():
+        if checkpoint_digest(target.checkpoint) != target.checkpoint_digest:
+            raise SftscopeError(f"{target.checkpoint} changed while the analysis ran; run it again")
     model = load_checkpoint(base_model, job.checkpoint)
     for task in quality:
         if task.split in job.quality:
             result = score_split(model, tokenizer, task.pairs, task.labels)
-            for step, ckpt in job.targets():
+            for target in job.targets():
+                step, ckpt = target.step, target.checkpoint_digest
                 if not quality_current(folder, job.model_label, step, job.model_name, ckpt, task):
                     write_json(folder.quality_unit(job.model_label, step, task.split),
                                {"step": step, "split": task.split, "inputs": task.inputs(job.model_name, ckpt), **result})
@@ -269,8 +270,8 @@ def _run_job(
     written = 0
     for k in range(0, len(job.samples), settings.batch_samples):
         batch = job.samples[k : k + settings.batch_samples]
-        wanted = {(step, s): expected_inputs(job.model_name, ckpt, probes[s], settings)
-                  for step, ckpt in job.targets() for s in batch}
+        wanted = {(t.step, s): expected_inputs(job.model_name, t.checkpoint_digest, probes[s], settings)
+                  for t in job.targets() for s in batch}
         targets = {(step, s): folder.unit(job.model_label, step, s) for step, s in wanted}
         missing = {key for key, t in targets.items() if not t.exists() or unit_inputs(t) != wanted[key]}
         if missing:  # the whole batch is evaluated, so its values do not depend on what was done before
