@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from sftscope.headline import cheaper_checkpoint, headline
+from sftscope.headline import benchmark_sentence, cheaper_checkpoint, headline
 from sftscope.summary import forgetting_summary
 
 
@@ -82,3 +82,16 @@ def test_an_undefined_correlation_says_why():
     assert "has no correlation with the knowledge change (the knowledge change is 0 at all 4 checkpoints)" in text
     s["drift"]["forgetting"] = forgetting_summary(pd.Series([0.0, 0.5], index=[0, 32]), drift)
     assert "has no correlation with the KL (fewer than 3 checkpoints have both)" in " ".join(headline(s))
+
+
+def test_the_benchmark_sentence_gives_the_record_and_its_reason_as_sentences():
+    record = {"n_runs": 24, "datasets": ["a", "b", "c"], "default_rule": "last",
+              "heldout_mean_regret": {"last": 1.8, "cumulative": 6.8, "probe_utility_patience": 0.7},
+              "heldout_regret_interval": {"last": [0.7, 3.1]},
+              "default_reason": "probe_utility_patience is not separated from last; last is the simplest of these"}
+    said = benchmark_sentence("last", record)
+    assert "24 SFT runs on 3 data sets" in said and "1.8 (95% interval 0.7-3.1)" in said and "cumulative 6.8" in said
+    assert said.endswith("last is the simplest of these.") and ".." not in said
+    other = benchmark_sentence("cumulative", record)  # not the default: the record's reason is not its own
+    assert other.endswith("last 1.8.") and "simplest" not in other
+    assert benchmark_sentence("crossover", record) is None  # a rule the benchmark did not measure

@@ -129,7 +129,9 @@ def benchmark_sentence(rule: str, record: dict | None) -> str | None:
     if others:
         sentence += "; " + ", ".join(f"{name} {regrets[name]:.1f}" for name in others)
     reason = record.get("default_reason")
-    return sentence + "." + (f" {reason}" if reason and rule == record.get("default_rule") else "")
+    if reason and rule == record.get("default_rule"):
+        sentence += ". " + reason.rstrip(".")  # the record's reason is a clause; the answer prints it as a sentence
+    return sentence + "."
 
 
 def headline(summary: dict, benchmark: dict | None = None) -> list[str]:
